@@ -244,7 +244,9 @@ class _HubHandler(BaseHTTPRequestHandler):
         if path == "/api/validate-yaml" and method == "POST":
             return self._validate_yaml()
 
-        match = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/(preupload|commit|revision|tree|paths-info)/([^/]+)(/.*)?)?", path)
+        match = re.fullmatch(
+            r"/api/models/([^/]+/[^/]+)(?:/(preupload|commit|revision|tree|paths-info)/([^/]+)(/.*)?)?", path
+        )
         if match:
             repo_id, action, revision, rest = match.groups()
             if action is None and method == "GET":
