@@ -1,0 +1,201 @@
+"""Configuration of CKT (Context Knowledge Transfer) adapters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Union
+
+from peft.config import PeftConfig
+from peft.utils import PeftType
+from torch import nn
+
+INJECTION_MODES = ("append", "prepend")
+
+
+class _SharedModuleRef:
+    """Holds a teacher module so that copies of the config share it instead of copying a (possibly 14B) model."""
+
+    __slots__ = ("module",)
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def __deepcopy__(self, memo: dict) -> _SharedModuleRef:
+        return self
+
+    def __copy__(self) -> _SharedModuleRef:
+        return self
+
+
+def module_reference(module: nn.Module) -> tuple[Optional[str], str]:
+    """Returns `(name_or_path, "package.module.Class")` of a model, the name being `None` when the model was not
+    loaded from a Hub id or a folder (e.g. built from a config)."""
+    config = getattr(module, "config", None)
+    name = getattr(module, "name_or_path", None) or getattr(config, "_name_or_path", None)
+    if name is None and isinstance(config, dict):  # diffusers' FrozenDict config
+        name = config.get("_name_or_path")
+    cls = type(module)
+    return (str(name) if name else None), f"{cls.__module__}.{cls.__qualname__}"
+
+
+@dataclass
+class CKTConfig(PeftConfig):
+    """
+    Configuration of a [`CKTModel`]: a frozen teacher world action model (WAM) transfers what it knows into a frozen
+    student WAM through a short learned context.
+
+    A few learned query tokens compress the output of one intermediate teacher layer (`H_T [B, N, d_t]`), an
+    always-on adapter plus a router over sparse expert adapters turn it into a context `C_A [B, 2K, d_s]`, and the
+    context (after a separator token) is appended to (or prepended before) the student's conditioning sequence.
+
+    Args:
+        teacher (`nn.Module` or `str`, *optional*):
+            The frozen teacher, or a Hub id / local folder to load it from (with the class named in `teacher_class`).
+            A module is kept by reference and never serialized: `adapter_config.json` stores its name or path.
+        teacher_layer (`str`):
+            Dotted path of the teacher module whose output is `H_T`, e.g. `"blocks.20"`. Later blocks never run.
+        context_kwarg (`str`, *optional*):
+            Keyword argument of the student's `forward` that carries the conditioning `E_t [B, L, d_s]`, e.g.
+            `"encoder_hidden_states"` or `"inputs_embeds"`.
+        target_modules (`str` or `list[str]`, *optional*):
+            Alternatively, the student module (exact name or name suffix) whose output is `E_t`, e.g.
+            `"embed_tokens"`. Takes precedence over `context_kwarg` when set.
+        injection (`"append"` or `"prepend"`):
+            `[E_t ; <SEP> ; C_A]` (the paper's choice) or `[C_A ; <SEP> ; E_t]` (natural for causal LMs).
+    """
+
+    teacher: Optional[Union[str, Any]] = field(
+        default=None,
+        metadata={
+            "help": "The frozen teacher model (an nn.Module, kept by reference) or a Hub id / local path to load it "
+            "from. Only its name or path is saved."
+        },
+    )
+    teacher_class: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Import path ('package.module.Class') of the teacher's class, used to load it by reference. "
+            "Filled in automatically from a teacher module."
+        },
+    )
+    teacher_layer: str = field(
+        default="blocks.20",
+        metadata={"help": "Dotted path of the teacher module whose output H_T [B, N, d_t] is transferred."},
+    )
+    context_kwarg: Optional[str] = field(
+        default="encoder_hidden_states",
+        metadata={"help": "Student forward kwarg that carries the conditioning sequence E_t [B, L, d_s]."},
+    )
+    target_modules: Optional[Union[list[str], str]] = field(
+        default=None,
+        metadata={
+            "help": "Student module name(s) whose output is the conditioning sequence E_t (e.g. 'embed_tokens'). "
+            "Takes precedence over `context_kwarg` when set."
+        },
+    )
+    injection: Literal["append", "prepend"] = field(
+        default="append",
+        metadata={"help": "'append': [E_t; <SEP>; C_A] (paper). 'prepend': [C_A; <SEP>; E_t] (causal LMs)."},
+    )
+    num_context_tokens: int = field(
+        default=32, metadata={"help": "K: learned query tokens per adapter branch (the context has 2K tokens)."}
+    )
+    num_experts: int = field(default=8, metadata={"help": "M: number of specialized (sparse expert) adapters."})
+    top_k: int = field(default=2, metadata={"help": "Specialized adapters run per sample (top-k of the router)."})
+    bottleneck_dim: int = field(default=512, metadata={"help": "d_b: bottleneck width of each adapter branch."})
+    router_hidden_dim: int = field(default=512, metadata={"help": "Hidden width of the router MLP."})
+    num_attention_heads: int = field(
+        default=8, metadata={"help": "Heads of the learnable-query cross-attention (must divide d_s)."}
+    )
+    adapter_dropout: float = field(default=0.1, metadata={"help": "Dropout after each branch's bottleneck MLP."})
+    router_noise: bool = field(
+        default=True, metadata={"help": "Add learned-scale Gaussian noise to the router logits in training."}
+    )
+    use_separator: bool = field(
+        default=True, metadata={"help": "Insert a learned <SEP> token between the conditioning and the context."}
+    )
+    load_balance_weight: float = field(
+        default=0.01, metadata={"help": "Weight of the load-balancing loss L_bal added to the student's loss."}
+    )
+    teacher_hidden_size: Optional[int] = field(
+        default=None, metadata={"help": "d_t, width of H_T. Inferred from the teacher when None."}
+    )
+    student_hidden_size: Optional[int] = field(
+        default=None, metadata={"help": "d_s, width of E_t. Inferred from the student when None."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = PeftType.CKT
+        self._teacher_ref: Optional[_SharedModuleRef] = None
+        if isinstance(self.teacher, nn.Module):
+            self.attach_teacher(self.teacher)
+        elif self.teacher is not None and not isinstance(self.teacher, str):
+            raise TypeError(
+                f"`teacher` must be an nn.Module or a Hub id / local path (str), got {type(self.teacher).__name__}."
+            )
+
+        if not isinstance(self.teacher_layer, str) or not self.teacher_layer.strip():
+            raise ValueError("`teacher_layer` must be the dotted path of a teacher module, e.g. 'blocks.20'.")
+        if isinstance(self.target_modules, (list, tuple, set)):
+            self.target_modules = list(self.target_modules)
+            if not self.target_modules:
+                self.target_modules = None
+        if self.target_modules is None and not self.context_kwarg:
+            raise ValueError(
+                "CKT needs to know where the student's conditioning enters: set `context_kwarg` (e.g. "
+                "'encoder_hidden_states') or `target_modules` (e.g. 'embed_tokens')."
+            )
+        if self.injection not in INJECTION_MODES:
+            raise ValueError(f"`injection` must be one of {INJECTION_MODES}, got {self.injection!r}.")
+        for name in ("num_context_tokens", "num_experts", "top_k", "bottleneck_dim", "router_hidden_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        if self.top_k > self.num_experts:
+            raise ValueError(
+                f"`top_k` ({self.top_k}) cannot be larger than `num_experts` ({self.num_experts}): each sample runs "
+                "its top-k specialized adapters."
+            )
+        if not isinstance(self.num_attention_heads, int) or self.num_attention_heads < 1:
+            raise ValueError(f"`num_attention_heads` must be a positive integer, got {self.num_attention_heads!r}.")
+        if not 0.0 <= self.adapter_dropout < 1.0:
+            raise ValueError(f"`adapter_dropout` must be in [0, 1), got {self.adapter_dropout}.")
+        if self.load_balance_weight < 0:
+            raise ValueError(f"`load_balance_weight` must be >= 0, got {self.load_balance_weight}.")
+        for name in ("teacher_hidden_size", "student_hidden_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"`{name}` must be a positive integer or None, got {value!r}.")
+        if self.student_hidden_size is not None and self.student_hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"`student_hidden_size` ({self.student_hidden_size}) must be divisible by `num_attention_heads` "
+                f"({self.num_attention_heads})."
+            )
+
+    # The teacher module is state of the running process, not of the config file.
+    @property
+    def teacher_module(self) -> Optional[nn.Module]:
+        """The attached teacher module, if any (never serialized)."""
+        ref = getattr(self, "_teacher_ref", None)
+        return ref.module if ref is not None else None
+
+    def attach_teacher(self, teacher: nn.Module) -> None:
+        """Keeps `teacher` by reference and records its name/path and class for `adapter_config.json`."""
+        if not isinstance(teacher, nn.Module):
+            raise TypeError(f"The teacher must be an nn.Module, got {type(teacher).__name__}.")
+        self._teacher_ref = _SharedModuleRef(teacher)
+        self.teacher, self.teacher_class = module_reference(teacher)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
+        # peft lets saved values win over keyword arguments; a teacher passed at load time must win instead.
+        teacher = kwargs.pop("teacher", None)
+        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        if isinstance(teacher, nn.Module):
+            config.attach_teacher(teacher)
+        elif isinstance(teacher, str):
+            config.teacher, config._teacher_ref = teacher, None
+        elif teacher is not None:
+            raise TypeError(f"`teacher` must be an nn.Module or a str, got {type(teacher).__name__}.")
+        return config

@@ -1,0 +1,266 @@
+"""The CKT adapter bank: adapter branches with learnable-query cross-attention, a router, sparse experts.
+
+Shapes: `B` batch, `N` teacher tokens, `K` query tokens, `M` experts, `k` experts per sample, `d_t` teacher width,
+`d_b` bottleneck width, `d_s` student (conditioning) width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+
+from .config import CKTConfig
+
+
+@dataclass
+class CKTContext:
+    """The context the adapter bank computes from teacher features, ready to be injected into the student.
+
+    Attributes:
+        tokens (`torch.Tensor` `[B, 2K(+1), d_s]`):
+            `[<SEP> ; C_g ; C_s]` for "append", `[C_g ; C_s ; <SEP>]` for "prepend" (no `<SEP>` when disabled).
+        router_probs (`torch.Tensor` `[B, M]`, fp32): router probabilities (after noise, before top-k).
+        topk_indices (`torch.Tensor` `[B, k]`): selected specialized adapters per sample.
+        topk_weights (`torch.Tensor` `[B, k]`): their weights, renormalised to sum to 1 per sample.
+        load_balance_loss (`torch.Tensor` scalar, fp32): unweighted `L_bal = M * sum_m f_m * P_m`.
+    """
+
+    tokens: torch.Tensor
+    router_probs: torch.Tensor
+    topk_indices: torch.Tensor
+    topk_weights: torch.Tensor
+    load_balance_loss: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.tokens.shape[0]
+
+    def expert_share(self) -> torch.Tensor:
+        """`[M]` share of the batch whose top-1 specialized adapter is each expert (fp32)."""
+        num_experts = self.router_probs.shape[-1]
+        return F.one_hot(self.topk_indices[:, 0], num_experts).float().mean(0)
+
+
+class LearnableQueryCrossAttention(nn.Module):
+    """K learned queries attend over N tokens: `[B, N, d] -> [B, K, d]` (residual with the queries, LayerNorm)."""
+
+    def __init__(self, hidden_size: int, num_queries: int, num_heads: int):
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden size {hidden_size} is not divisible by num_attention_heads={num_heads}.")
+        self.num_heads = num_heads
+        self.queries = nn.Parameter(torch.randn(num_queries, hidden_size) * hidden_size**-0.5)
+        self.to_q = nn.Linear(hidden_size, hidden_size)
+        self.to_k = nn.Linear(hidden_size, hidden_size)
+        self.to_v = nn.Linear(hidden_size, hidden_size)
+        self.to_out = nn.Linear(hidden_size, hidden_size)
+        self.norm = nn.LayerNorm(hidden_size)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`tokens [B, N, d]` -> `[B, K, d]`."""
+        batch, num_tokens, hidden = tokens.shape
+        heads, head_dim = self.num_heads, hidden // self.num_heads
+        # The queries do not depend on the sample: project them once and broadcast over the batch.
+        query = self.to_q(self.queries).view(1, -1, heads, head_dim).transpose(1, 2)  # [1, h, K, d/h]
+        key = self.to_k(tokens).view(batch, num_tokens, heads, head_dim).transpose(1, 2)  # [B, h, N, d/h]
+        value = self.to_v(tokens).view(batch, num_tokens, heads, head_dim).transpose(1, 2)
+        attended = F.scaled_dot_product_attention(query.expand(batch, -1, -1, -1), key, value)  # [B, h, K, d/h]
+        attended = attended.transpose(1, 2).reshape(batch, -1, hidden)
+        return self.norm(self.queries + self.to_out(attended))
+
+
+class CKTBranch(nn.Module):
+    """One adapter branch ("expert"): bottleneck MLP to the student width, then learnable-query cross-attention.
+
+    `[B, N, d_t] -> [B, K, d_s]`.
+    """
+
+    def __init__(
+        self,
+        teacher_hidden_size: int,
+        student_hidden_size: int,
+        bottleneck_dim: int,
+        num_context_tokens: int,
+        num_attention_heads: int,
+        dropout: float,
+    ):
+        super().__init__()
+        self.down = nn.Linear(teacher_hidden_size, bottleneck_dim)
+        self.up = nn.Linear(bottleneck_dim, student_hidden_size)
+        self.norm = nn.LayerNorm(student_hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.cross_attention = LearnableQueryCrossAttention(
+            student_hidden_size, num_context_tokens, num_attention_heads
+        )
+
+    def forward(self, teacher_features: torch.Tensor) -> torch.Tensor:
+        projected = self.dropout(self.norm(self.up(F.gelu(self.down(teacher_features)))))  # [B, N, d_s]
+        return self.cross_attention(projected)  # [B, K, d_s]
+
+
+class CKTRouter(nn.Module):
+    """Routes each sample to its top-k specialized adapters from the mean-pooled teacher tokens.
+
+    In training, Gaussian noise with a learned scale (`softplus` of a scalar initialised at 0) is added to the logits.
+    Softmax, top-k and the load-balancing loss run in fp32 so that bf16 autocast cannot flip the routing.
+    """
+
+    def __init__(self, teacher_hidden_size: int, hidden_dim: int, num_experts: int, top_k: int, noise: bool):
+        super().__init__()
+        self.top_k = top_k
+        self.noise = noise
+        self.mlp = nn.Sequential(
+            nn.Linear(teacher_hidden_size, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, num_experts)
+        )
+        self.noise_scale = nn.Parameter(torch.zeros(()))
+
+    def forward(self, teacher_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`[B, N, d_t]` -> `probs [B, M]` (fp32), `topk_indices [B, k]`, `topk_weights [B, k]` (fp32)."""
+        logits = self.mlp(teacher_features.mean(dim=1)).float()
+        if self.training and self.noise:
+            logits = logits + torch.randn_like(logits) * F.softplus(self.noise_scale.float())
+        probs = logits.softmax(dim=-1)
+        topk_probs, topk_indices = probs.topk(self.top_k, dim=-1)
+        topk_weights = topk_probs / topk_probs.sum(dim=-1, keepdim=True)
+        return probs, topk_indices, topk_weights
+
+
+def load_balance_loss(router_probs: torch.Tensor, topk_indices: torch.Tensor) -> torch.Tensor:
+    """`L_bal = M * sum_m f_m * P_m` with `f_m` the share of samples whose top-1 expert is `m` and `P_m` the mean
+    router probability of `m`. Uniform routing gives 1."""
+    num_experts = router_probs.shape[-1]
+    top1_share = F.one_hot(topk_indices[:, 0], num_experts).float().mean(0)  # f [M]
+    mean_probs = router_probs.float().mean(0)  # P [M]
+    return num_experts * (top1_share * mean_probs).sum()
+
+
+class CKTAdapterBank(nn.Module):
+    """Everything one CKT adapter trains: the generalized adapter, the router, M specialized adapters, `<SEP>`.
+
+    `bank(H_T [B, N, d_t]) -> CKTContext` with `tokens [B, 2K(+1), d_s]`.
+    """
+
+    def __init__(self, config: CKTConfig, teacher_hidden_size: int, student_hidden_size: int):
+        super().__init__()
+        self.teacher_hidden_size = teacher_hidden_size
+        self.student_hidden_size = student_hidden_size
+        self.injection = config.injection
+        self.num_experts = config.num_experts
+
+        def branch() -> CKTBranch:
+            return CKTBranch(
+                teacher_hidden_size,
+                student_hidden_size,
+                config.bottleneck_dim,
+                config.num_context_tokens,
+                config.num_attention_heads,
+                config.adapter_dropout,
+            )
+
+        self.generalized = branch()
+        self.router = CKTRouter(
+            teacher_hidden_size, config.router_hidden_dim, config.num_experts, config.top_k, config.router_noise
+        )
+        self.specialized = nn.ModuleList(branch() for _ in range(config.num_experts))
+        self.separator = (
+            nn.Parameter(torch.randn(1, student_hidden_size) * student_hidden_size**-0.5)
+            if config.use_separator
+            else None
+        )
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.router.noise_scale.dtype
+
+    def _specialized_sparse(
+        self, teacher_features: torch.Tensor, topk_indices: torch.Tensor, topk_weights: torch.Tensor
+    ) -> torch.Tensor:
+        """Runs each specialized adapter only on the samples routed to it (grouped by expert), `[B, K, d_s]`."""
+        batch, top_k = topk_indices.shape
+        flat_experts = topk_indices.reshape(-1)  # [B*k]
+        order = flat_experts.argsort(stable=True)
+        sample_of_slot = torch.arange(batch, device=topk_indices.device).repeat_interleave(top_k)[order]
+        weight_of_slot = topk_weights.reshape(-1)[order]
+        # One host sync per forward to size the groups; experts with no samples are skipped entirely.
+        counts = torch.bincount(flat_experts, minlength=self.num_experts).tolist()
+        outputs = []
+        start = 0
+        for expert, count in zip(self.specialized, counts):
+            if count:
+                rows = sample_of_slot[start : start + count]
+                outputs.append(expert(teacher_features.index_select(0, rows)))
+            start += count
+        grouped = torch.cat(outputs, dim=0)  # [B*k, K, d_s] in expert order
+        grouped = grouped * weight_of_slot.to(grouped.dtype)[:, None, None]
+        combined = grouped.new_zeros(batch, *grouped.shape[1:])
+        return combined.index_add(0, sample_of_slot, grouped)
+
+    def _specialized_dense(
+        self, teacher_features: torch.Tensor, topk_indices: torch.Tensor, topk_weights: torch.Tensor
+    ) -> torch.Tensor:
+        """Reference only (benchmarks): runs all M experts on every sample, then keeps the top-k, `[B, K, d_s]`."""
+        every = torch.stack([expert(teacher_features) for expert in self.specialized], dim=1)  # [B, M, K, d_s]
+        picked = every.gather(1, topk_indices[:, :, None, None].expand(-1, -1, *every.shape[2:]))  # [B, k, K, d_s]
+        return (picked * topk_weights.to(picked.dtype)[:, :, None, None]).sum(1)
+
+    def forward(self, teacher_features: torch.Tensor, dense: bool = False) -> CKTContext:
+        """`teacher_features [B, N, d_t]` -> [`CKTContext`]. `dense=True` is a reference mode for benchmarks."""
+        if teacher_features.ndim != 3:
+            raise ValueError(f"teacher features must be [B, N, d_t], got shape {tuple(teacher_features.shape)}.")
+        if teacher_features.shape[-1] != self.teacher_hidden_size:
+            raise ValueError(
+                f"The teacher layer produced features of width {teacher_features.shape[-1]}, but the CKT adapter "
+                f"bank expects teacher_hidden_size={self.teacher_hidden_size}."
+            )
+        probs, topk_indices, topk_weights = self.router(teacher_features)
+        general = self.generalized(teacher_features)  # C_g [B, K, d_s]
+        specialize = self._specialized_dense if dense else self._specialized_sparse
+        special = specialize(teacher_features, topk_indices, topk_weights)  # C_s [B, K, d_s]
+        parts = [general, special.to(general.dtype)]
+        if self.separator is not None:
+            separator = self.separator.to(general.dtype).expand(general.shape[0], 1, -1)
+            parts = [separator, *parts] if self.injection == "append" else [*parts, separator]
+        return CKTContext(
+            tokens=torch.cat(parts, dim=1),
+            router_probs=probs,
+            topk_indices=topk_indices,
+            topk_weights=topk_weights,
+            load_balance_loss=load_balance_loss(probs, topk_indices),
+        )
+
+
+class CKTLayer(nn.Module, BaseTunerLayer):
+    """Holds the adapter banks of a student (one per adapter name) so that peft can list, enable, disable, switch
+    and delete them like any other tuner layer. It is attached to the student as `ckt_layer` and does not compute
+    anything by itself: [`CKTModel`] calls the active bank and injects its context."""
+
+    adapter_layer_names = ("ckt_bank",)
+    other_param_names = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ckt_bank = nn.ModuleDict()
+        self._active_adapter = []
+        self._disable_adapters = False
+        self.merged_adapters = []
+
+    def update_layer(
+        self,
+        adapter_name: str,
+        config: CKTConfig,
+        teacher_hidden_size: int,
+        student_hidden_size: int,
+        device: Optional[torch.device] = None,
+    ) -> None:
+        bank = CKTAdapterBank(config, teacher_hidden_size, student_hidden_size)
+        self.ckt_bank[adapter_name] = bank.to(device) if device is not None else bank
+        # Like peft's other layers: adding an adapter keeps the active one (the first becomes active).
+        self.set_adapter(self.active_adapters or [adapter_name])
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError("CKTLayer holds adapter weights only; the CKT model computes and injects the context.")

@@ -1,0 +1,214 @@
+"""The frozen teacher: load it by reference, and extract one intermediate layer's output with an early exit."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import json
+import os
+from collections.abc import Mapping
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+
+class _TeacherEarlyExit(Exception):
+    """Raised from the capture hook to stop the teacher right after `teacher_layer` (later blocks never run)."""
+
+    def __init__(self, features: torch.Tensor):
+        super().__init__()
+        self.features = features
+
+
+def get_submodule_or_raise(model: nn.Module, path: str, role: str, kwarg_name: str) -> nn.Module:
+    """`model.get_submodule(path)` with an error that names the problem and suggests close module names."""
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        names = [name for name, _ in model.named_modules() if name]
+        close = difflib.get_close_matches(path, names, n=5, cutoff=0.5)
+        hint = f" Did you mean one of {close}?" if close else f" Some of its modules: {names[:8]}."
+        raise ValueError(
+            f"`{kwarg_name}={path!r}` does not name a module of the {role} ({type(model).__name__}).{hint}"
+        ) from None
+
+
+def _first_tensor(output: Any) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    if isinstance(output, Mapping):
+        for value in output.values():
+            if isinstance(value, torch.Tensor):
+                return value
+    raise TypeError(f"The teacher layer returned {type(output).__name__}; expected a tensor [B, N, d_t].")
+
+
+def _module_device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
+    for tensor in module.parameters():
+        return tensor.device, tensor.dtype
+    return torch.device("cpu"), torch.float32
+
+
+def _to_device(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    # The teacher may live on its own device and in its own dtype (e.g. bf16): floating inputs follow it.
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device, dtype=dtype if value.is_floating_point() else None)
+    if isinstance(value, Mapping):
+        return {key: _to_device(item, device, dtype) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(item, device, dtype) for item in value)
+    return value
+
+
+def batch_size_of(inputs: Mapping[str, Any]) -> Optional[int]:
+    """Batch size of the first tensor in a kwargs dict, or None when it holds no tensor."""
+    for value in inputs.values():
+        if isinstance(value, torch.Tensor) and value.ndim > 0:
+            return value.shape[0]
+    return None
+
+
+class TeacherFeatureExtractor:
+    """Runs a frozen teacher up to `layer_name` only and returns that layer's output `H_T [B, N, d_t]`.
+
+    The capture hook is installed for each call (not once), so that several CKT models can share one teacher.
+    The teacher runs without autograd; the features are detached. This object is deliberately not an `nn.Module`:
+    the teacher must never become a submodule (peft would treat it as adapter weights).
+    """
+
+    def __init__(self, teacher: nn.Module, layer_name: str):
+        if not isinstance(teacher, nn.Module):
+            raise TypeError(f"The teacher must be an nn.Module, got {type(teacher).__name__}.")
+        self.teacher = teacher
+        self.layer_name = layer_name
+        self.layer = get_submodule_or_raise(teacher, layer_name, "teacher", "teacher_layer")
+        teacher.requires_grad_(False)
+        teacher.eval()
+
+    def __call__(self, teacher_inputs: Mapping[str, Any]) -> torch.Tensor:
+        if not isinstance(teacher_inputs, Mapping):
+            raise TypeError(
+                f"`teacher_inputs` must be a dict of keyword arguments for the teacher's forward, got "
+                f"{type(teacher_inputs).__name__}."
+            )
+        device, dtype = _module_device_dtype(self.teacher)
+        inputs = _to_device(dict(teacher_inputs), device, dtype)
+
+        def capture(module: nn.Module, args: Any, output: Any) -> None:
+            raise _TeacherEarlyExit(_first_tensor(output))
+
+        handle = self.layer.register_forward_hook(capture)
+        try:
+            with torch.no_grad():
+                self.teacher(**inputs)
+        except _TeacherEarlyExit as exit_:
+            features = exit_.features.detach()
+        else:
+            raise RuntimeError(
+                f"The teacher finished its forward without running `teacher_layer={self.layer_name!r}`: that module "
+                "is not on the path of these teacher inputs."
+            )
+        finally:
+            handle.remove()
+        if features.ndim == 2:  # [B, d_t]: a single token per sample
+            features = features[:, None]
+        if features.ndim != 3:
+            raise ValueError(
+                f"`teacher_layer={self.layer_name!r}` returned shape {tuple(features.shape)}; expected [B, N, d_t]."
+            )
+        # One host sync per teacher call (the teacher runs once per observation, not per denoising step).
+        if not bool(torch.isfinite(features).all()):
+            raise ValueError(
+                f"The teacher's features at `{self.layer_name}` contain NaN or inf; check the teacher inputs and dtype."
+            )
+        return features
+
+
+def infer_width(module: nn.Module) -> Optional[int]:
+    """Output width of common modules: Linear, Embedding, norms; `None` when it cannot be told."""
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    if isinstance(module, nn.Embedding):
+        return module.embedding_dim
+    shape = getattr(module, "normalized_shape", None)
+    if shape:
+        return int(shape[-1]) if isinstance(shape, (tuple, list)) else int(shape)
+    for name in ("embedding_dim", "out_features", "hidden_size", "embed_dim", "dim"):
+        value = getattr(module, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def _config_get(config: Any, key: str) -> Any:
+    if config is None:
+        return None
+    if isinstance(config, Mapping):
+        return config.get(key)
+    return getattr(config, key, None)
+
+
+def infer_teacher_hidden_size(teacher: nn.Module, layer: nn.Module) -> Optional[int]:
+    """Width `d_t` of the teacher's residual stream: from its config (transformers / diffusers), else from the
+    layer itself (a Linear/Embedding/norm, or the first norm inside a block)."""
+    config = getattr(teacher, "config", None)
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    for key in ("hidden_size", "d_model", "n_embd"):
+        value = _config_get(config, key)
+        if isinstance(value, int):
+            return value
+    heads, head_dim = _config_get(config, "num_attention_heads"), _config_get(config, "attention_head_dim")
+    if isinstance(heads, int) and isinstance(head_dim, int):  # diffusers transformers: inner_dim
+        return heads * head_dim
+    width = infer_width(layer)
+    if width is not None:
+        return width
+    for sub in layer.modules():
+        if isinstance(sub, (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm)) or "Norm" in type(sub).__name__:
+            width = infer_width(sub)
+            if width is not None:
+                return width
+    return None
+
+
+def import_class(path: str) -> type:
+    module_name, _, class_name = path.rpartition(".")
+    if not module_name:
+        raise ValueError(f"`teacher_class` must be 'package.module.Class', got {path!r}.")
+    try:
+        return getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as err:
+        raise ImportError(f"Cannot import the teacher class {path!r}: {err}") from err
+
+
+def load_teacher(reference: str, teacher_class: Optional[str] = None, **kwargs: Any) -> nn.Module:
+    """Loads a teacher from a Hub id or a local folder through its class's `from_pretrained`.
+
+    The class is `teacher_class` when given; otherwise it is read from the folder's `config.json` (diffusers'
+    `_class_name`, transformers' `architectures`).
+    """
+    if teacher_class:
+        cls = import_class(teacher_class)
+    else:
+        config_path = os.path.join(reference, "config.json")
+        if not os.path.isfile(config_path):
+            from huggingface_hub import hf_hub_download
+
+            config_path = hf_hub_download(reference, "config.json")
+        with open(config_path) as f:
+            model_config = json.load(f)
+        if "_class_name" in model_config:
+            cls = getattr(importlib.import_module("diffusers"), model_config["_class_name"])
+        elif model_config.get("architectures"):
+            cls = getattr(importlib.import_module("transformers"), model_config["architectures"][0])
+        else:
+            raise ValueError(
+                f"Cannot tell the class of the teacher {reference!r}: pass `teacher=` (a module) or set `teacher_class`."
+            )
+    if not hasattr(cls, "from_pretrained"):
+        raise TypeError(f"The teacher class {cls.__name__} has no `from_pretrained`; pass the teacher module instead.")
+    return cls.from_pretrained(reference, **kwargs)
