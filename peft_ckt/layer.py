@@ -236,7 +236,7 @@ class CKTAdapterBank(nn.Module):
 
 class CKTLayer(nn.Module, BaseTunerLayer):
     """Holds the adapter banks of a student (one per adapter name) so that peft can list, enable, disable, switch
-    and delete them like any other tuner layer. It is attached to the student as `ckt_layer` and does not compute
+    and delete them like any other tuner layer. It is attached to the student as `ckt` and does not compute
     anything by itself: [`CKTModel`] calls the active bank and injects its context."""
 
     adapter_layer_names = ("ckt_bank",)

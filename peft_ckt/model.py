@@ -26,7 +26,8 @@ from .injection import (
 from .layer import CKTAdapterBank, CKTContext, CKTLayer
 from .teacher import TeacherFeatureExtractor, infer_teacher_hidden_size, load_teacher
 
-LAYER_NAME = "ckt_layer"
+# Not "ckt_...": peft skips modules whose name contains the method prefix when it walks tuner layers.
+LAYER_NAME = "ckt"
 # Keyword arguments that belong to CKT, never to the student.
 CKT_FORWARD_KWARGS = ("teacher_inputs", "ckt_context")
 
@@ -124,7 +125,7 @@ class CKTModel(BaseTuner):
     `peft.get_peft_model(student, CKTConfig(teacher=teacher, ...))`.
 
     The teacher stays outside the module tree (never saved, never trained); the adapter banks live in a
-    [`CKTLayer`] attached to the student as `ckt_layer`. A forward with `teacher_inputs=` runs the teacher up to
+    [`CKTLayer`] attached to the student as `ckt`. A forward with `teacher_inputs=` runs the teacher up to
     `teacher_layer` (early exit, no autograd), the bank turns `H_T [B, N, d_t]` into a context `[B, 2K(+1), d_s]`,
     and the context is injected into the student's conditioning. With `ckt_context=` (from [`encode_teacher`]) the
     teacher and the bank run once for many student calls (e.g. all denoising steps).
@@ -366,7 +367,7 @@ class CKTModel(BaseTuner):
     # ------------------------------------------------------------------ state dict naming
     @classmethod
     def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
-        # `...ckt_layer.ckt_bank.<adapter>.generalized.down.weight` -> `...ckt_layer.ckt_bank.generalized.down.weight`
+        # `...ckt.ckt_bank.<adapter>.generalized.down.weight` -> `...ckt.ckt_bank.generalized.down.weight`
         return re.sub(rf"(\.|^)ckt_bank\.{re.escape(adapter_name)}(?=\.|$)", r"\1ckt_bank", key)
 
 
