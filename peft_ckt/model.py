@@ -358,11 +358,27 @@ class CKTModel(BaseTuner):
         ]
         if route.module is not None:
             handles.append(route.module.register_forward_hook(injection.after_target_module))
+        patched_validation = self._hide_ckt_kwargs_from_generate()
         try:
             yield
         finally:
             for handle in handles:
                 handle.remove()
+            if patched_validation:
+                del self.model._validate_model_kwargs
+
+    def _hide_ckt_kwargs_from_generate(self) -> bool:
+        # transformers' `generate` rejects kwargs its model does not declare; `teacher_inputs`/`ckt_context` reach it
+        # through PeftModel.generate, and the student pre-hook drops them from every forward anyway.
+        validate = getattr(self.model, "_validate_model_kwargs", None)
+        if validate is None or "_validate_model_kwargs" in vars(self.model):
+            return False
+
+        def validate_without_ckt(model_kwargs: dict) -> Any:
+            return validate({k: v for k, v in model_kwargs.items() if k not in CKT_FORWARD_KWARGS})
+
+        self.model._validate_model_kwargs = validate_without_ckt
+        return True
 
     # ------------------------------------------------------------------ state dict naming
     @classmethod

@@ -82,3 +82,43 @@ def tiny_cosmos_inputs(batch_size: int = 2, seed: int = 3) -> dict[str, Any]:
         "timestep": torch.rand(batch_size, generator=generator),
         "encoder_hidden_states": torch.randn(batch_size, TINY_TEXT_LENGTH, 24, generator=generator),
     }
+
+
+class TinyWorldActionModel(torch.nn.Module):
+    """A plain-PyTorch world action model: from observation tokens and a text conditioning sequence it predicts the
+    next frame's tokens and an action chunk. No config object, no `from_pretrained`: CKT must work on it as is.
+
+    `forward(observation [B, N, obs_dim], text_embeds [B, L, text_dim]) -> (next_frame [B, N, obs_dim],
+    actions [B, action_horizon, action_dim])`. Blocks at `blocks.N`; the text goes through `text_proj` first.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int = 12,
+        text_dim: int = 10,
+        width: int = 16,
+        num_blocks: int = 3,
+        action_dim: int = 7,
+        action_horizon: int = 4,
+    ):
+        super().__init__()
+        nn = torch.nn
+        self.obs_in = nn.Linear(obs_dim, width)
+        self.text_proj = nn.Linear(text_dim, width)
+        self.blocks = nn.ModuleList(
+            nn.TransformerDecoderLayer(width, nhead=2, dim_feedforward=2 * width, dropout=0.0, batch_first=True)
+            for _ in range(num_blocks)
+        )
+        self.frame_out = nn.Linear(width, obs_dim)
+        self.action_queries = nn.Parameter(torch.randn(action_horizon, width) * 0.1)
+        self.action_out = nn.Linear(width, action_dim)
+
+    def forward(self, observation: torch.Tensor, text_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.obs_in(observation)
+        queries = self.action_queries.expand(hidden.shape[0], -1, -1)
+        hidden = torch.cat([hidden, queries], dim=1)
+        memory = self.text_proj(text_embeds)
+        for block in self.blocks:
+            hidden = block(hidden, memory)
+        num_obs = observation.shape[1]
+        return self.frame_out(hidden[:, :num_obs]), self.action_out(hidden[:, num_obs:])

@@ -1,0 +1,136 @@
+"""Bad configuration or inputs fail early, with an error that names the problem."""
+
+import importlib
+
+import pytest
+import torch
+from peft import get_peft_model
+from torch import nn
+
+import peft_ckt
+from peft_ckt import CKTConfig
+from peft_ckt.testing import tiny_cosmos_inputs, tiny_cosmos_student, tiny_wan_inputs, tiny_wan_teacher
+
+SMALL = dict(
+    teacher_layer="blocks.1",
+    num_context_tokens=2,
+    num_experts=3,
+    top_k=1,
+    bottleneck_dim=8,
+    router_hidden_dim=8,
+    num_attention_heads=2,
+)
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return tiny_wan_teacher()
+
+
+def test_unknown_teacher_layer_suggests_close_names(teacher):
+    with pytest.raises(ValueError, match=r"teacher_layer='block\.1'.*Did you mean.*blocks\.1"):
+        get_peft_model(tiny_cosmos_student(), CKTConfig(teacher=teacher, **{**SMALL, "teacher_layer": "block.1"}))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(top_k=4, num_experts=3), r"`top_k` \(4\) cannot be larger than `num_experts` \(3\)"),
+        (dict(injection="middle"), r"`injection` must be one of"),
+        (dict(num_context_tokens=0), r"`num_context_tokens` must be a positive integer"),
+        (dict(adapter_dropout=1.5), r"`adapter_dropout` must be in \[0, 1\)"),
+        (dict(context_kwarg=None), r"set `context_kwarg`.*or `target_modules`"),
+        (dict(teacher_layer=""), r"`teacher_layer` must be"),
+        (dict(student_hidden_size=25), r"divisible by `num_attention_heads`"),
+        (dict(teacher=3), r"`teacher` must be an nn.Module or a Hub id"),
+    ],
+)
+def test_config_validation(overrides, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        CKTConfig(**{**SMALL, **overrides})
+
+
+def test_explicit_width_mismatch(teacher):
+    with pytest.raises(ValueError, match=r"teacher_hidden_size=64 does not match the teacher's width 32"):
+        get_peft_model(tiny_cosmos_student(), CKTConfig(teacher=teacher, teacher_hidden_size=64, **SMALL))
+    with pytest.raises(ValueError, match=r"student_hidden_size=32 does not match the student's width 24"):
+        get_peft_model(tiny_cosmos_student(), CKTConfig(teacher=teacher, student_hidden_size=32, **SMALL))
+
+
+def test_unresolvable_injection_point_leaves_student_untouched(teacher):
+    student = tiny_cosmos_student()
+    names = {name for name, _ in student.named_modules()}
+    with pytest.raises(ValueError, match=r"has no argument `context_kwarg='prompt_embeds'`"):
+        get_peft_model(student, CKTConfig(teacher=teacher, context_kwarg="prompt_embeds", **SMALL))
+    with pytest.raises(ValueError, match=r"`target_modules='text_encoder'` does not name a module of the student"):
+        get_peft_model(student, CKTConfig(teacher=teacher, target_modules="text_encoder", **SMALL))
+    assert {name for name, _ in student.named_modules()} == names  # nothing half-attached
+    assert all(p.requires_grad for p in student.parameters())
+
+
+def test_missing_teacher_inputs_and_context(teacher):
+    model = get_peft_model(tiny_cosmos_student(), CKTConfig(teacher=teacher, **SMALL))
+    with pytest.raises(ValueError, match=r"pass `teacher_inputs=\{...\}`.*or a precomputed `ckt_context="):
+        model(**tiny_cosmos_inputs())
+
+
+def test_no_teacher_attached():
+    # e.g. trained from cached teacher features: widths given, no teacher in memory
+    model = get_peft_model(tiny_cosmos_student(), CKTConfig(teacher_hidden_size=32, **SMALL))
+    with pytest.raises(ValueError, match=r"No teacher is attached to CKT adapter 'default'"):
+        model(**tiny_cosmos_inputs(), teacher_inputs=tiny_wan_inputs())
+    # the cached-features path works without one, and a teacher can be attached later
+    out = model(**tiny_cosmos_inputs(), ckt_context=model.encode_features(torch.randn(2, 16, 32)))
+    assert torch.isfinite(out.sample).all()
+    model.attach_teacher(tiny_wan_teacher())
+    assert torch.isfinite(model(**tiny_cosmos_inputs(), teacher_inputs=tiny_wan_inputs()).sample).all()
+    with pytest.raises(ValueError, match=r"Cannot infer the teacher's width"):
+        get_peft_model(tiny_cosmos_student(), CKTConfig(**SMALL))
+
+
+def test_batch_mismatch(teacher):
+    model = get_peft_model(tiny_cosmos_student(), CKTConfig(teacher=teacher, **SMALL))
+    with pytest.raises(ValueError, match=r"Batch size mismatch: the CKT context .* has 3 samples but the student"):
+        model(**tiny_cosmos_inputs(2), teacher_inputs=tiny_wan_inputs(3))
+
+
+def test_non_finite_teacher_features(teacher):
+    model = get_peft_model(tiny_cosmos_student(), CKTConfig(teacher=teacher, **SMALL))
+    bad = tiny_wan_inputs()
+    bad["hidden_states"][0, 0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"features at `blocks.1` contain NaN or inf"):
+        model(**tiny_cosmos_inputs(), teacher_inputs=bad)
+
+
+def test_teacher_layer_not_on_the_path():
+    class Teacher(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.unused = nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.used(x)
+
+    class Student(nn.Module):
+        def forward(self, x, context):
+            return x + context.mean(1, keepdim=True)
+
+    model = get_peft_model(
+        Student(),
+        CKTConfig(
+            teacher=Teacher(), **{**SMALL, "teacher_layer": "unused"}, context_kwarg="context", student_hidden_size=4
+        ),
+    )
+    with pytest.raises(RuntimeError, match=r"without running `teacher_layer='unused'`"):
+        model(x=torch.zeros(1, 1, 4), context=torch.zeros(1, 2, 4), teacher_inputs={"x": torch.zeros(1, 3, 4)})
+
+
+def test_registration_is_idempotent_and_reload_safe():
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
+    from peft.utils import PeftType
+
+    peft_ckt.register_ckt()
+    reloaded = importlib.reload(peft_ckt)
+    assert PeftType.CKT.value == "CKT" and "CKT" in [t.value for t in PeftType]
+    assert PEFT_TYPE_TO_CONFIG_MAPPING[PeftType.CKT] is reloaded.CKTConfig
+    assert PEFT_TYPE_TO_TUNER_MAPPING[PeftType.CKT] is reloaded.CKTModel
