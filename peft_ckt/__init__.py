@@ -5,6 +5,7 @@ Importing this package registers the "ckt" method with peft, so that `get_peft_m
 """
 
 from .config import CKTConfig
+from .hub import install_push_to_hub
 from .layer import CKTAdapterBank, CKTContext, CKTLayer
 from .model import CKTModel
 from .registration import register_ckt
@@ -12,5 +13,7 @@ from .registration import register_ckt
 __version__ = "0.1.0"
 
 register_ckt()
+# `model.push_to_hub(...)` on a CKT PeftModel keeps peft's model card (see peft_ckt.hub).
+install_push_to_hub()
 
 __all__ = ["CKTAdapterBank", "CKTConfig", "CKTContext", "CKTLayer", "CKTModel", "__version__", "register_ckt"]
