@@ -88,7 +88,7 @@ class CKTTrainingArguments:
         },
     )
     checkpoints_total_limit: Optional[int] = field(
-        default=2, metadata={"help": "Keep only the newest N checkpoints (None: keep all)."}
+        default=2, metadata={"help": "Keep only the newest N checkpoints (0 keeps all)."}
     )
     resume: Optional[str] = field(
         default=None,

@@ -134,6 +134,22 @@ def list_checkpoints(output_dir: str) -> list[str]:
     return [os.path.join(folder, name) for _, name in sorted(found)]
 
 
+def _cpu_only_multi_process() -> bool:
+    """True for several processes (torchrun / `accelerate launch --multi_gpu`) on a machine without GPUs: Accelerate
+    then needs `cpu=True` to set up DDP over gloo instead of silently running each process alone."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    from accelerate.utils import is_hpu_available, is_mlu_available, is_npu_available, is_xpu_available
+
+    return not (
+        torch.cuda.is_available()
+        or is_xpu_available()
+        or is_npu_available()
+        or is_mlu_available()
+        or is_hpu_available()
+    )
+
+
 def _flat_config(args: CKTTrainingArguments) -> dict[str, Any]:
     # Trackers (TensorBoard hparams) accept scalars only.
     return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in args.to_dict().items()}
@@ -177,6 +193,7 @@ class CKTTrainer:
 
         args = self.args
         return Accelerator(
+            cpu=_cpu_only_multi_process(),
             mixed_precision=args.mixed_precision,
             # Accumulation is counted by Accelerate's own step counter (saved in checkpoints), not by the end of
             # an epoch, so a resumed run syncs at exactly the same micro-batches.
@@ -446,6 +463,49 @@ class CKTTrainer:
             self._save_adapter(accelerator, step_module)
         accelerator.end_training()
         return TrainResult(self.state.global_step, args.output_dir, stopped_early, history)
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: nn.Module,
+    dataset: Dataset,
+    student_loss: Callable[..., torch.Tensor],
+    batch_size: int = 16,
+    max_batches: Optional[int] = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Mean losses of `model` (a CKT PeftModel) over `dataset` in eval mode, with noise drawn from `seed`: the same
+    number for the same weights, so runs and checkpoints can be compared. Returns `loss`, `student_loss` and
+    `zero_shot_loss` (the student alone, adapter disabled, on the same noise)."""
+    was_training = model.training
+    model.eval()
+    step_module = CKTTrainingStep(model, student_loss)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    totals = {"loss": 0.0, "student_loss": 0.0, "zero_shot_loss": 0.0}
+    count = 0
+    device = next(p.device for p in model.parameters())
+    for index, batch in enumerate(loader):
+        if max_batches is not None and index >= max_batches:
+            break
+        batch = _to_device(batch, device)
+        torch.manual_seed(step_seed(seed, index, 0, 0))
+        outputs = step_module(batch)
+        torch.manual_seed(step_seed(seed, index, 0, 0))
+        with model.disable_adapter():
+            totals["zero_shot_loss"] += float(student_loss(model, batch))
+        totals["loss"] += float(outputs["loss"])
+        totals["student_loss"] += float(outputs["student_loss"])
+        count += 1
+    model.train(was_training)
+    return {key: value / max(count, 1) for key, value in totals.items()}
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, Mapping):
+        return {key: _to_device(item, device) for key, item in value.items()}
+    return value
 
 
 def train(args: CKTTrainingArguments) -> TrainResult:

@@ -1,0 +1,84 @@
+"""`peft-ckt push`: upload a saved CKT adapter folder to the Hugging Face Hub with a CKT model card."""
+
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = """Upload a CKT adapter folder (written by save_pretrained or `peft-ckt train`) to the Hub:
+adapter_model.safetensors, adapter_config.json and a model card with library_name: peft, base_model (the
+student), the tags peft/ckt/robotics/world-action-model, the teacher reference and layer, K, M, top-k and the
+trainable share. The student is rebuilt from --preset (or the adapter's base model) to count parameters.
+The Hub endpoint and token come from HF_ENDPOINT / HF_TOKEN or --token."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "push",
+        help="Upload a trained CKT adapter folder to the Hugging Face Hub with a CKT model card.",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("adapter_dir", help="Folder holding adapter_model.safetensors and adapter_config.json.")
+    parser.add_argument("repo_id", help="Target repository, 'user/name' (or 'name' in the token owner's namespace).")
+    parser.add_argument(
+        "--preset",
+        default=None,
+        help="Preset that builds the student the adapter belongs to (e.g. 'tiny'); default: load the adapter "
+        "config's base_model_name_or_path with diffusers/transformers.",
+    )
+    parser.add_argument(
+        "--base-model", default=None, help="Hub id of the student for the card's base_model (default: inferred)."
+    )
+    parser.add_argument("--tag", action="append", default=[], help="Extra model-card tag (repeatable).")
+    parser.add_argument("--private", action="store_true", help="Create the repository as private.")
+    parser.add_argument("--revision", default=None, help="Branch to push to (default: main).")
+    parser.add_argument("--create-pr", action="store_true", help="Open a pull request instead of committing.")
+    parser.add_argument("--commit-message", default=None, help="Commit message (default: 'Upload CKT adapter').")
+    parser.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login).")
+    parser.set_defaults(func=run)
+
+
+def _student_for(adapter_dir: str, preset_name: str | None):
+    if preset_name:
+        from ..training.presets import get_preset
+
+        return get_preset(preset_name).build_student()
+    import json
+    import os
+
+    with open(os.path.join(adapter_dir, "adapter_config.json")) as f:
+        base = json.load(f).get("base_model_name_or_path")
+    if not base:
+        raise SystemExit("The adapter config names no base model: pass --preset to build the student.")
+    from ..teacher import load_teacher  # loads any diffusers/transformers model by its config.json
+
+    return load_teacher(base)
+
+
+def run(args: argparse.Namespace) -> int:
+    from peft import PeftModel
+
+    from ..config import CKTConfig
+    from ..hub import push_to_hub
+
+    student = _student_for(args.adapter_dir, args.preset)
+    # Uploading needs no teacher (a 14B one would be loaded for nothing): load the adapter with the reference
+    # cleared, then restore it so that the pushed adapter_config.json still names the teacher.
+    config = CKTConfig.from_pretrained(args.adapter_dir)
+    reference = (config.teacher, config.teacher_class)
+    config.teacher = None
+    model = PeftModel.from_pretrained(student, args.adapter_dir, config=config)
+    config.teacher, config.teacher_class = reference
+    info = push_to_hub(
+        model,
+        args.repo_id,
+        commit_message=args.commit_message,
+        private=args.private or None,
+        token=args.token,
+        revision=args.revision,
+        create_pr=args.create_pr,
+        base_model=args.base_model,
+        tags=args.tag,
+    )
+    print(f"Pushed to {info.commit_url}")
+    return 0

@@ -1,0 +1,36 @@
+"""`peft-ckt train`: train a CKT adapter with Accelerate (use `accelerate launch` for several GPUs/processes)."""
+
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = """Train a CKT adapter: a frozen teacher's layer features become a learned context for a frozen student.
+
+Runs on one device as is; for many GPUs or processes start it with Accelerate, e.g.
+  accelerate launch --config_file examples/accelerate/multi_gpu.yaml -m peft_ckt.commands train --preset tiny
+(see docs/training.md). The final adapter (adapter_model.safetensors, adapter_config.json) lands in --output-dir,
+checkpoints in OUTPUT_DIR/checkpoints, TensorBoard logs in OUTPUT_DIR/logs and per-step metrics in
+OUTPUT_DIR/metrics.jsonl."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..training.arguments import build_train_parser
+
+    parser = subparsers.add_parser(
+        "train",
+        help="Train a CKT adapter with Accelerate (mixed precision, accumulation, checkpoints, --resume).",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    build_train_parser(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..training.arguments import CKTTrainingArguments, arguments_from_namespace
+    from ..training.trainer import train
+
+    result = train(arguments_from_namespace(args, CKTTrainingArguments))
+    if result.stopped_early:
+        print(f"Stopped after step {result.global_step} (--stop-after-steps); resume with --resume.")
+    return 0
