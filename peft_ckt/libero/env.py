@@ -232,11 +232,15 @@ class LiberoEnv:
         objects = {}
         for name, body_id in env.obj_body_id.items():
             lo, hi = self._body_aabb(body_id)
+            center_local, half_local = self._body_local_box(body_id)
             objects[name] = {
                 "pos": np.array(data.body_xpos[body_id]),
                 "quat_wxyz": np.array(data.body_xquat[body_id]),
+                "xmat": np.array(data.body_xmat[body_id]).reshape(3, 3),
                 "aabb_min": lo,
                 "aabb_max": hi,
+                "box_center_local": center_local,
+                "box_half_local": half_local,
             }
         regions = {}
         for name in env.object_sites_dict:
@@ -265,6 +269,24 @@ class LiberoEnv:
                 if model.body_parentid[b] in bodies:
                     bodies.add(b)
             cache[body_id] = np.flatnonzero(np.isin(model.geom_bodyid, list(bodies)))
+        return cache[body_id]
+
+    def _body_local_box(self, body_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """Box `(center [3], half extents [3])` in the body's own frame (rigid: cached per body)."""
+        cache = self.__dict__.setdefault("_local_box_cache", {})
+        if body_id not in cache:
+            model, data = self.sim.model._model, self.sim.data._data
+            geoms = self._body_geoms(body_id)
+            body_rot = data.xmat[body_id].reshape(3, 3)
+            if len(geoms) == 0:
+                cache[body_id] = (np.zeros(3), np.zeros(3))
+            else:
+                rot = body_rot.T @ data.geom_xmat[geoms].reshape(-1, 3, 3)  # [G, 3, 3] geom -> body frame
+                pos = (data.geom_xpos[geoms] - data.xpos[body_id]) @ body_rot
+                center = pos + np.einsum("gij,gj->gi", rot, model.geom_aabb[geoms, :3])
+                extent = np.einsum("gij,gj->gi", np.abs(rot), model.geom_aabb[geoms, 3:])
+                lo, hi = (center - extent).min(0), (center + extent).max(0)
+                cache[body_id] = ((lo + hi) / 2, (hi - lo) / 2)
         return cache[body_id]
 
     def _body_aabb(self, body_id: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,333 @@
+"""Evaluate a policy on LIBERO / LIBERO-Plus: parallel episodes, results.json, a LIBERO-Plus table, a chart, videos."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .parallel import cached_env, cached_policy, default_num_workers, run_jobs
+from .perturbations import LIBERO_PLUS_COLUMNS, PERTURBATIONS, Perturbation, expand_perturbations
+
+
+@dataclass(frozen=True)
+class EpisodeJob:
+    suite: str
+    task_id: int
+    init_index: int
+    perturbation: str
+    severity: int
+    policy: str
+    image_size: int
+    seed: int
+    max_steps: int | None
+    video_dir: str | None
+
+
+@dataclass
+class EpisodeResult:
+    suite: str
+    task_id: int
+    task: str
+    instruction: str
+    init_index: int
+    perturbation: str
+    severity: int
+    success: bool
+    steps: int
+    seconds: float
+    video: str | None = None
+
+
+def _load_policy(spec: str):
+    from .policy import load_policy
+
+    return load_policy(spec)
+
+
+def run_episode(job: EpisodeJob) -> EpisodeResult:
+    """One episode in this process (envs and policy cached between calls)."""
+    from .env import LiberoEnv
+
+    policy = cached_policy(job.policy, lambda: _load_policy(job.policy))
+    needs_images = bool(getattr(policy, "needs_images", True))
+    privileged = bool(getattr(policy, "needs_privileged", False))
+    cameras = tuple(getattr(policy, "image_keys", ("image", "wrist_image")))
+    image_size = getattr(policy, "image_size", None) or job.image_size
+    key = (job.suite, job.task_id, image_size, cameras, needs_images, privileged, job.seed, job.max_steps)
+    env = cached_env(
+        key,
+        lambda: LiberoEnv(
+            job.suite,
+            job.task_id,
+            image_size=image_size,
+            cameras=cameras,
+            render_images=needs_images,
+            privileged=privileged,
+            seed=job.seed,
+            max_steps=job.max_steps,
+        ),
+    )
+    env.perturbation = Perturbation(job.perturbation, job.severity)
+    start = time.perf_counter()
+    policy.reset()
+    observation = env.reset(job.init_index)
+    frames: list[np.ndarray] = []
+    success = env.check_success()
+    while not success and env.num_steps < env.max_steps:
+        if job.video_dir is not None:
+            frames.append(observation.get("observation.images.image", None) if needs_images else env.render("image"))
+        action = policy.select_action(observation)
+        observation, _, terminated, truncated, info = env.step(np.asarray(action))
+        success = bool(info["is_success"])
+        if terminated or truncated:
+            break
+    video = None
+    if job.video_dir is not None:
+        frames.append(env.render("image"))
+        name = f"{job.suite}_task{job.task_id:02d}_init{job.init_index:02d}_{job.perturbation}"
+        video = str(Path(job.video_dir) / f"{name}_{'success' if success else 'failure'}.mp4")
+        write_video(video, frames)
+    return EpisodeResult(
+        suite=job.suite,
+        task_id=job.task_id,
+        task=env.task.name,
+        instruction=env.instruction,
+        init_index=job.init_index,
+        perturbation=job.perturbation,
+        severity=job.severity,
+        success=bool(success),
+        steps=env.num_steps,
+        seconds=round(time.perf_counter() - start, 3),
+        video=video,
+    )
+
+
+def write_video(path: str | os.PathLike, frames: list[np.ndarray], fps: int = 20) -> None:
+    """MP4 (H.264 through imageio-ffmpeg); sides padded to even sizes as yuv420p requires."""
+    import imageio.v2 as imageio
+
+    if not frames:
+        return
+    height, width = frames[0].shape[:2]
+    pad = ((0, height % 2), (0, width % 2), (0, 0))
+    tmp = f"{path}.tmp.mp4"
+    with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=7, macro_block_size=1) as writer:
+        for frame in frames:
+            writer.append_data(np.pad(frame, pad, mode="edge"))
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- summary and reports
+def _rate(results: list[dict[str, Any]]) -> float | None:
+    return float(np.mean([r["success"] for r in results])) if results else None
+
+
+def summarize(episodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Success rates overall, by task, by perturbation, and in the LIBERO-Plus columns."""
+    by_task: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(e["task"] for e in episodes):
+        subset = [e for e in episodes if e["task"] == name]
+        by_task[name] = {"task_id": subset[0]["task_id"], "success_rate": _rate(subset), "episodes": len(subset)}
+    by_perturbation: dict[str, dict[str, Any]] = {}
+    for kind in ["none", *PERTURBATIONS]:
+        subset = [e for e in episodes if e["perturbation"] == kind]
+        if subset:
+            by_perturbation[kind] = {"success_rate": _rate(subset), "episodes": len(subset)}
+    perturbed = [e for e in episodes if e["perturbation"] != "none"]
+    libero_plus: dict[str, float | None] = {"Original": by_perturbation.get("none", {}).get("success_rate")}
+    for kind, column in LIBERO_PLUS_COLUMNS.items():
+        libero_plus[column] = by_perturbation.get(kind, {}).get("success_rate")
+    # LIBERO-Plus "Total" is over the perturbed episodes; with no perturbation evaluated it is the plain rate.
+    libero_plus["Total"] = _rate(perturbed) if perturbed else _rate(episodes)
+    return {
+        "success_rate": _rate(episodes),
+        "num_episodes": len(episodes),
+        "num_successes": int(sum(e["success"] for e in episodes)),
+        "by_task": by_task,
+        "by_perturbation": by_perturbation,
+        "libero_plus": libero_plus,
+    }
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def markdown_report(results: dict[str, Any]) -> str:
+    """LIBERO-Plus style table (success %, one row per policy) plus a per-task table."""
+    summary, config = results["summary"], results["config"]
+    columns = list(summary["libero_plus"])
+    if summary["libero_plus"]["Original"] is None:
+        columns.remove("Original")
+    lines = [
+        f"# LIBERO evaluation: {config['suite']}",
+        "",
+        f"Policy `{config['policy']}`, {summary['num_episodes']} episodes, severity {config['severity']}, "
+        f"seed {config['seed']}. Success rate in %.",
+        "",
+        "| Policy | " + " | ".join(columns) + " |",
+        "|---|" + "---:|" * len(columns),
+        f"| {config['policy_name']} | " + " | ".join(_pct(summary["libero_plus"][c]) for c in columns) + " |",
+        "",
+        "| Task | Episodes | Success |",
+        "|---|---:|---:|",
+    ]
+    for name, row in summary["by_task"].items():
+        lines.append(f"| {row['task_id']}: {name} | {row['episodes']} | {_pct(row['success_rate'])} |")
+    speed = results.get("speed", {})
+    if speed:
+        lines += [
+            "",
+            f"{speed['env_steps']} environment steps in {speed['wall_seconds']:.1f} s with {speed['workers']} "
+            f"worker(s): {speed['steps_per_second']:.1f} steps/s overall.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(results: dict[str, Any], path: str | os.PathLike) -> None:
+    """Success rate by perturbation (LIBERO-Plus columns) and by task, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = results["summary"]
+    plus = {k: v for k, v in summary["libero_plus"].items() if v is not None}
+    tasks = summary["by_task"]
+    fig, axes = plt.subplots(
+        1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [max(len(plus), 2), max(len(tasks), 2)]}
+    )
+    for ax, labels, values, title in (
+        (axes[0], list(plus), [100 * v for v in plus.values()], "By perturbation (LIBERO-Plus)"),
+        (
+            axes[1],
+            [str(r["task_id"]) for r in tasks.values()],
+            [100 * r["success_rate"] for r in tasks.values()],
+            "By task",
+        ),
+    ):
+        bars = ax.bar(labels, values, color="#4C72B0")
+        ax.set_ylim(0, 105)
+        ax.set_ylabel("success (%)")
+        ax.set_title(title)
+        ax.bar_label(bars, fmt="%.0f", fontsize=8)
+        ax.tick_params(axis="x", labelrotation=30)
+    axes[1].set_xlabel("task id")
+    fig.suptitle(f"{results['config']['suite']}: {results['config']['policy_name']}")
+    fig.tight_layout()
+    tmp = f"{path}.tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- entry point
+def evaluate_libero(
+    suite: str,
+    output_dir: str | os.PathLike,
+    policy: str = "scripted",
+    tasks: list[int] | None = None,
+    episodes: int = 10,
+    perturbation: str = "none",
+    severity: int = 3,
+    num_workers: int | None = None,
+    video: bool = False,
+    image_size: int = 128,
+    seed: int = 0,
+    max_steps: int | None = None,
+    init_offset: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run `episodes` episodes per task and perturbation (init states `init_offset..`), write the reports.
+
+    Writes `output_dir/results.json`, `results.md`, `success_rates.png` and, with `video`, `videos/*.mp4`.
+    Returns the content of results.json.
+    """
+    from .suites import SUITE_MAX_STEPS, num_tasks
+
+    if suite not in SUITE_MAX_STEPS:
+        raise ValueError(f"Unknown suite {suite!r}; expected one of {', '.join(SUITE_MAX_STEPS)}")
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1; got {episodes}")
+    kinds = expand_perturbations(perturbation)
+    Perturbation("none", severity)  # validates the severity
+    task_ids = list(range(num_tasks(suite))) if not tasks else list(tasks)
+    total_tasks = num_tasks(suite)
+    bad = [t for t in task_ids if not 0 <= t < total_tasks]
+    if bad:
+        raise ValueError(f"{suite} has tasks 0..{total_tasks - 1}; got {bad}")
+    policy_spec = str(policy) if str(policy) == "scripted" else str(Path(policy).resolve())
+    if policy_spec != "scripted" and not (Path(policy_spec) / "config.json").is_file():
+        raise FileNotFoundError(f"--policy must be 'scripted' or a policy folder with config.json; got {policy}")
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    video_dir = None
+    if video:
+        video_dir = out / "videos"
+        video_dir.mkdir(exist_ok=True)
+    jobs = [
+        EpisodeJob(
+            suite=suite,
+            task_id=task_id,
+            init_index=(init_offset + k) % 50,
+            perturbation=kind,
+            severity=severity,
+            policy=policy_spec,
+            image_size=image_size,
+            seed=seed,
+            max_steps=max_steps,
+            video_dir=str(video_dir) if video_dir else None,
+        )
+        for task_id in task_ids
+        for kind in kinds
+        for k in range(episodes)
+    ]
+    workers = default_num_workers(len(jobs)) if num_workers is None else num_workers
+    start = time.perf_counter()
+    collected = [asdict(r) for r in run_jobs(run_episode, jobs, workers, desc=f"eval {suite}", progress=progress)]
+    wall = time.perf_counter() - start
+    order = {(j.task_id, j.perturbation, j.init_index): i for i, j in enumerate(jobs)}
+    collected.sort(key=lambda r: order[(r["task_id"], r["perturbation"], r["init_index"])])
+    env_steps = int(sum(r["steps"] for r in collected))
+    results = {
+        "config": {
+            "suite": suite,
+            "tasks": task_ids,
+            "episodes_per_task": episodes,
+            "perturbations": kinds,
+            "severity": severity,
+            "policy": policy_spec,
+            "policy_name": "scripted expert" if policy_spec == "scripted" else Path(policy_spec).name,
+            "image_size": image_size,
+            "seed": seed,
+            "max_steps": max_steps or SUITE_MAX_STEPS[suite],
+            "init_offset": init_offset,
+        },
+        "episodes": collected,
+        "summary": summarize(collected),
+        "speed": {
+            "env_steps": env_steps,
+            "wall_seconds": round(wall, 2),
+            "workers": workers,
+            "steps_per_second": round(env_steps / wall, 2) if wall > 0 else None,
+        },
+    }
+    _write_json(out / "results.json", results)
+    tmp = out / "results.md.tmp"
+    tmp.write_text(markdown_report(results))
+    os.replace(tmp, out / "results.md")
+    bar_chart(results, out / "success_rates.png")
+    return results

@@ -1,0 +1,241 @@
+"""A scripted pick-and-place expert that reads simulator state (object poses) and commands OSC delta poses.
+
+It solves the goals `(In obj region)` and `(On obj target)` of LIBERO's BDDL files: the `libero_object` suite and
+the pick-and-place tasks of the other suites. Phases: move above the object with the gripper aligned to its narrow
+side, descend, close, lift clear of the target, carry, lower, open, retreat. Each phase is a proportional controller
+on the end-effector position and yaw (the gripper keeps pointing down). Phases time out, so a failed grasp is
+retried from the approach instead of stalling the episode.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .policy import LiberoPolicy
+
+_POS_SCALE = 0.05  # metres per unit action (OSC output_max)
+_ROT_SCALE = 0.5  # radians per unit action
+
+
+def _quat_xyzw_to_mat(q: np.ndarray) -> np.ndarray:
+    x, y, z, w = q / np.linalg.norm(q)
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def _rotation_vector(rot: np.ndarray) -> np.ndarray:
+    """Axis-angle vector of a rotation matrix."""
+    cos = np.clip((np.trace(rot) - 1) / 2, -1.0, 1.0)
+    angle = np.arccos(cos)
+    if angle < 1e-6:
+        return np.zeros(3)
+    axis = np.array([rot[2, 1] - rot[1, 2], rot[0, 2] - rot[2, 0], rot[1, 0] - rot[0, 1]])
+    norm = np.linalg.norm(axis)
+    if norm < 1e-9:  # angle ~ pi
+        w, v = np.linalg.eigh((rot + np.eye(3)) / 2)
+        return v[:, -1] * angle
+    return axis / norm * angle
+
+
+def _wrap_half_turn(angle: float) -> float:
+    """Wrap to (-pi/2, pi/2]: a parallel gripper is symmetric under a half turn."""
+    return (angle + np.pi / 2) % np.pi - np.pi / 2
+
+
+class ScriptedExpertPolicy(LiberoPolicy):
+    """Privileged-state pick-and-place expert (needs `LiberoEnv(privileged=True)`; no images).
+
+    Args:
+        approach_height: height above the object top where the descent starts (m).
+        carry_clearance: clearance of the object's bottom above the target's top while carrying (m).
+        grasp_depth: how far below the object's top the fingertips close, capped at the object's middle (m).
+        gain: proportional gain (actions per metre of error, before clipping to [-1, 1]).
+        max_action: the largest translation action (limits speed, which keeps grasps stable).
+    """
+
+    name = "scripted"
+    needs_images = False
+    needs_privileged = True
+
+    def __init__(
+        self,
+        approach_height: float = 0.06,
+        carry_clearance: float = 0.06,
+        grasp_depth: float = 0.035,
+        gain: float = 12.0,
+        max_action: float = 0.6,
+    ) -> None:
+        super().__init__()
+        self.approach_height = approach_height
+        self.carry_clearance = carry_clearance
+        self.grasp_depth = grasp_depth
+        self.gain = gain
+        self.max_action = max_action
+        self.reset()
+
+    def reset(self) -> None:
+        super().reset()
+        self.phase = "approach"
+        self.phase_steps = 0
+        self.attempts = 0
+        self._down_rot: np.ndarray | None = None
+        self._grasp_yaw = 0.0
+        self._grasp_offset_z = 0.0  # eef height minus object bottom at grasp time
+        self._rest_bottom = 0.0  # object bottom height before lifting
+
+    # ------------------------------------------------------------------ goal parsing
+    @staticmethod
+    def _goal(privileged: dict[str, Any]) -> tuple[str, str, str]:
+        for predicate in privileged["goal"]:
+            if len(predicate) == 3 and predicate[0].lower() in ("in", "on"):
+                return predicate[0].lower(), predicate[1], predicate[2]
+        raise ValueError(
+            f"The scripted expert handles (In obj region) / (On obj target) goals; got {privileged['goal']}"
+        )
+
+    @staticmethod
+    def _target_xy_top(privileged: dict[str, Any], target: str) -> tuple[np.ndarray, float]:
+        """Where to release: the target's centre (x, y) and its top height."""
+        objects, regions = privileged["objects"], privileged["regions"]
+        if target in regions:
+            owner = next((name for name in objects if target.startswith(name + "_")), None)
+            xy = regions[target]["pos"][:2]
+            top = objects[owner]["aabb_max"][2] if owner else regions[target]["pos"][2]
+            if owner:  # centre of the receptacle: regions can be offset from it by their own placement
+                box = objects[owner]
+                center = (box["aabb_min"][:2] + box["aabb_max"][:2]) / 2
+                xy = center
+            return np.array(xy), float(top)
+        if target in objects:
+            box = objects[target]
+            return (box["aabb_min"][:2] + box["aabb_max"][:2]) / 2, float(box["aabb_max"][2])
+        raise ValueError(f"Goal target {target!r} is neither an object nor a region of the scene")
+
+    @staticmethod
+    def _narrow_axis_yaw(box: dict[str, Any]) -> float:
+        """World yaw of the object's narrower horizontal side (the direction the fingers should close along)."""
+        rot = box["xmat"]
+        half = box["box_half_local"]
+        # Local axes that are most horizontal in the world frame.
+        horizontal = [i for i in np.argsort(np.abs(rot[2, :]))[:2]]
+        axis = min(horizontal, key=lambda i: half[i])
+        direction = rot[:, axis]
+        return float(np.arctan2(direction[1], direction[0]))
+
+    # ------------------------------------------------------------------ control
+    def _move(self, eef: np.ndarray, eef_rot: np.ndarray, target: np.ndarray, gripper: float) -> np.ndarray:
+        action = np.zeros(7, dtype=np.float32)
+        delta = np.clip(self.gain * (target - eef), -self.max_action, self.max_action)
+        action[:3] = delta
+        # Orientation: gripper down, fingers closing along the grasp yaw.
+        desired = self._desired_rot()
+        error = _rotation_vector(desired @ eef_rot.T)
+        action[3:6] = np.clip(error / _ROT_SCALE * 2.0, -0.5, 0.5)
+        action[6] = gripper
+        return action
+
+    def _desired_rot(self) -> np.ndarray:
+        assert self._down_rot is not None
+        c, s = np.cos(self._grasp_yaw), np.sin(self._grasp_yaw)
+        yaw = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+        return yaw @ self._down_rot
+
+    def _set_phase(self, phase: str) -> None:
+        self.phase = phase
+        self.phase_steps = 0
+
+    def select_action(self, observation: dict[str, Any]) -> np.ndarray:
+        if "privileged" not in observation:
+            raise KeyError("ScriptedExpertPolicy needs observation['privileged']: create LiberoEnv(privileged=True)")
+        priv = observation["privileged"]
+        _, obj_name, target = self._goal(priv)
+        eef = np.asarray(priv["eef_pos"], dtype=np.float64)
+        eef_rot = _quat_xyzw_to_mat(np.asarray(priv["eef_quat_xyzw"], dtype=np.float64))
+        if self._down_rot is None:
+            # Straight down, fingers along world y: the pose the Panda starts in, without its small tilt.
+            self._down_rot = np.diag([1.0, -1.0, -1.0])
+        box = priv["objects"][obj_name]
+        obj_center = (box["aabb_min"] + box["aabb_max"]) / 2
+        obj_top, obj_bottom = float(box["aabb_max"][2]), float(box["aabb_min"][2])
+        target_xy, target_top = self._target_xy_top(priv, target)
+        finger_gap = float(np.sum(np.abs(priv["gripper_qpos"])))
+        self.phase_steps += 1
+
+        if self.phase == "approach":
+            # The fingers close along the gripper's y axis; align that with the narrow side of the object.
+            narrow = self._narrow_axis_yaw(box)
+            self._grasp_yaw = _wrap_half_turn(narrow - np.pi / 2)
+            goal = np.array([obj_center[0], obj_center[1], obj_top + self.approach_height])
+            yaw_error = np.linalg.norm(_rotation_vector(self._desired_rot() @ eef_rot.T))
+            if (np.linalg.norm(goal[:2] - eef[:2]) < 0.01 and abs(goal[2] - eef[2]) < 0.03 and yaw_error < 0.1) or (
+                self.phase_steps > 60
+            ):
+                self._set_phase("descend")
+            return self._move(eef, eef_rot, goal, -1.0)
+
+        grasp_z = max(obj_top - self.grasp_depth, obj_bottom + 0.5 * (obj_top - obj_bottom), obj_bottom + 0.01)
+        if self.phase == "descend":
+            goal = np.array([obj_center[0], obj_center[1], grasp_z])
+            if abs(eef[2] - grasp_z) < 0.008 or self.phase_steps > 50:
+                self._set_phase("close")
+            return self._move(eef, eef_rot, goal, -1.0)
+
+        if self.phase == "close":
+            goal = np.array([eef[0], eef[1], eef[2]])
+            if self.phase_steps >= 12:
+                self._grasp_offset_z = float(eef[2] - obj_bottom)
+                self._rest_bottom = obj_bottom
+                self._set_phase("lift")
+            return self._move(eef, eef_rot, goal, 1.0)
+
+        carry_z = target_top + self.carry_clearance + self._grasp_offset_z
+        if self.phase == "lift":
+            goal = np.array([eef[0], eef[1], carry_z])
+            if eef[2] > carry_z - 0.02 or self.phase_steps > 60:
+                self._set_phase("carry" if self._holding(obj_center, obj_bottom, eef, finger_gap) else "regrasp")
+            return self._move(eef, eef_rot, goal, 1.0)
+
+        if self.phase == "carry":
+            goal = np.array([target_xy[0], target_xy[1], carry_z])
+            if np.linalg.norm(goal[:2] - eef[:2]) < 0.015 or self.phase_steps > 100:
+                self._set_phase("lower")
+            if not self._holding(obj_center, obj_bottom, eef, finger_gap):
+                self._set_phase("regrasp")
+            return self._move(eef, eef_rot, goal, 1.0)
+
+        if self.phase == "lower":
+            release_z = target_top + 0.01 + self._grasp_offset_z
+            goal = np.array([target_xy[0], target_xy[1], release_z])
+            if eef[2] < release_z + 0.015 or self.phase_steps > 40:
+                self._set_phase("release")
+            return self._move(eef, eef_rot, goal, 1.0)
+
+        if self.phase == "release":
+            goal = np.array([eef[0], eef[1], eef[2]])
+            if self.phase_steps >= 10:
+                self._set_phase("retreat")
+            return self._move(eef, eef_rot, goal, -1.0)
+
+        if self.phase == "regrasp":
+            goal = np.array([eef[0], eef[1], obj_top + self.approach_height + 0.04])
+            if self.phase_steps >= 15:
+                self.attempts += 1
+                self._set_phase("approach")
+            return self._move(eef, eef_rot, goal, -1.0)
+
+        # retreat: rise and wait (the episode ends on success)
+        goal = np.array([eef[0], eef[1], carry_z + 0.05])
+        return self._move(eef, eef_rot, goal, -1.0)
+
+    def _holding(self, obj_center: np.ndarray, obj_bottom: float, eef: np.ndarray, finger_gap: float) -> bool:
+        """The object is between the fingers: near the gripper, off its resting height, fingers not shut."""
+        near = np.linalg.norm(obj_center[:2] - eef[:2]) < 0.05
+        lifted = obj_bottom > self._rest_bottom + 0.02
+        return bool(near and lifted and finger_gap > 0.002)

@@ -1,0 +1,99 @@
+"""Episodes in parallel worker processes, with one environment and one policy cached per worker."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from typing import Any
+
+from tqdm.auto import tqdm
+
+# Worker-local caches: building a LIBERO env takes 5-10 s and loading a policy can take longer, so a worker keeps
+# the last ones it used (jobs are ordered by task, so consecutive jobs of a worker usually share them).
+_ENV_CACHE: dict[str, Any] = {}
+_POLICY_CACHE: dict[str, Any] = {}
+
+
+def cached_env(key: tuple, factory: Callable[[], Any]) -> Any:
+    if _ENV_CACHE.get("key") != key:
+        old = _ENV_CACHE.pop("env", None)
+        if old is not None:
+            old.close()
+        _ENV_CACHE["env"] = factory()
+        _ENV_CACHE["key"] = key
+    return _ENV_CACHE["env"]
+
+
+def cached_policy(spec: str, factory: Callable[[], Any]) -> Any:
+    if _POLICY_CACHE.get("spec") != spec:
+        _POLICY_CACHE["policy"] = factory()
+        _POLICY_CACHE["spec"] = spec
+    return _POLICY_CACHE["policy"]
+
+
+def close_cached() -> None:
+    env = _ENV_CACHE.pop("env", None)
+    _ENV_CACHE.clear()
+    _POLICY_CACHE.clear()
+    if env is not None:
+        env.close()
+
+
+def _init_worker() -> None:
+    # Each worker is one simulation; torch's own thread pool would fight the other workers for the cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+    from .runtime import configure_libero
+
+    configure_libero()
+
+
+def default_num_workers(num_jobs: int) -> int:
+    return max(1, min(os.cpu_count() or 1, num_jobs))
+
+
+def run_jobs(
+    fn: Callable[[Any], Any],
+    jobs: Sequence[Any],
+    num_workers: int,
+    desc: str,
+    progress: bool = True,
+    unit: str = "episode",
+) -> Iterator[Any]:
+    """Yield `fn(job)` for every job as it completes, with a progress bar (ETA included).
+
+    `num_workers=0` runs in this process (no start-up cost; used by tests and debugging). Workers are spawned, not
+    forked: forking a process that holds an OpenGL context or torch threads is unsafe.
+    """
+    bar = tqdm(total=len(jobs), desc=desc, unit=unit, disable=not progress, dynamic_ncols=True)
+    try:
+        if num_workers <= 0:
+            try:
+                for job in jobs:
+                    result = fn(job)
+                    bar.update(1)
+                    yield result
+            finally:
+                close_cached()
+            return
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=num_workers, mp_context=context, initializer=_init_worker) as pool:
+            # Keep at most 2 jobs per worker in flight so that jobs stay in task order (and envs stay cached).
+            pending, queue = set(), list(jobs)[::-1]
+            while queue or pending:
+                while queue and len(pending) < 2 * num_workers:
+                    pending.add(pool.submit(fn, queue.pop()))
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    result = future.result()
+                    bar.update(1)
+                    yield result
+    finally:
+        bar.close()
