@@ -36,6 +36,7 @@ WIDTH_KEYS_FOR_CONTEXT = {
     "inputs_embeds": ("hidden_size", "d_model", "n_embd"),
 }
 IGNORE_INDEX = -100
+CACHE_KWARGS = ("cache", "past_key_values")
 
 
 def concat_context(sequence: torch.Tensor, context: torch.Tensor, injection: str) -> torch.Tensor:
@@ -85,7 +86,8 @@ def extend_position_ids(position_ids: torch.Tensor, count: int, injection: str) 
 
 def is_cached_decoding_step(kwargs: Mapping[str, Any]) -> bool:
     """True on the decoding steps of `generate` (the KV cache already holds the prompt and the context)."""
-    cache = kwargs.get("past_key_values")
+    # transformers >= 5.24 names the cache `cache`; earlier versions `past_key_values`.
+    cache = next((kwargs[name] for name in CACHE_KWARGS if kwargs.get(name) is not None), None)
     if cache is None:
         return False
     if hasattr(cache, "get_seq_length"):
