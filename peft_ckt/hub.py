@@ -110,9 +110,11 @@ def build_model_card(
         "trainable_percent": round(trainable_pct, 4),
     }
     title = repo_id or "CKT adapter"
-    load_teacher = (
-        "teacher" if teacher_ref is None else f'{teacher_class.rsplit(".", 1)[-1]}.from_pretrained("{teacher_ref}")'
-    )
+    class_name = teacher_class.rsplit(".", 1)[-1]
+    if teacher_ref:
+        teacher_lines = f'from {teacher_class.split(".")[0]} import {class_name}\n\nteacher = {class_name}.from_pretrained("{teacher_ref}")'
+    else:
+        teacher_lines = f"teacher = ...  # the {class_name} this adapter was trained with"
     content = f"""---
 {card_data.to_yaml()}
 ---
@@ -142,7 +144,7 @@ injected into the frozen student's conditioning sequence.
 import peft_ckt  # registers the "ckt" PEFT method
 from peft import PeftModel
 
-teacher = {load_teacher}
+{teacher_lines}
 student = ...  # the base model above
 model = PeftModel.from_pretrained(student, "{repo_id or "<repo_id>"}", teacher=teacher)
 output = model(**student_inputs, teacher_inputs=teacher_inputs)
