@@ -1,0 +1,169 @@
+"""Collect scripted-expert demonstrations into a LeRobot-format dataset, in parallel worker processes.
+
+Each worker runs the expert with physics only (no rendering: ~10x faster), recording the MuJoCo state of every
+step. Only episodes that are kept (successful ones by default) are then rendered, by replaying the recorded states
+(no second simulation), and their frames PNG-encoded in the worker. The main process writes the parquet files.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .parallel import cached_env, cached_policy, default_num_workers, run_jobs
+from .perturbations import Perturbation, expand_perturbations
+
+
+@dataclass(frozen=True)
+class CollectJob:
+    suite: str
+    task_id: int
+    init_index: int
+    perturbation: str
+    severity: int
+    image_size: int
+    seed: int
+    keep_failures: bool
+    max_steps: int | None
+
+
+def collect_episode(job: CollectJob) -> dict[str, Any]:
+    """Run one expert episode without rendering; render and encode its frames if it is kept."""
+    from .dataset import encode_png
+    from .env import LiberoEnv
+    from .expert import ScriptedExpertPolicy
+
+    policy = cached_policy("scripted", ScriptedExpertPolicy)
+    key = ("collect", job.suite, job.task_id, job.image_size, job.seed, job.max_steps)
+    env = cached_env(
+        key,
+        lambda: LiberoEnv(
+            job.suite,
+            job.task_id,
+            image_size=job.image_size,
+            render_images=False,
+            privileged=True,
+            seed=job.seed,
+            max_steps=job.max_steps,
+        ),
+    )
+    env.perturbation = Perturbation(job.perturbation, job.severity)
+    start = time.perf_counter()
+    policy.reset()
+    observation = env.reset(job.init_index)
+    states, actions, sim_states = [], [], []
+    success = env.check_success()
+    while not success and env.num_steps < env.max_steps:
+        action = np.asarray(policy.select_action(observation), dtype=np.float32)
+        states.append(observation["observation.state"])
+        actions.append(action)
+        sim_states.append(env.sim.get_state().flatten())
+        observation, _, terminated, truncated, info = env.step(action)
+        success = bool(info["is_success"])
+        if terminated or truncated:
+            break
+    physics_seconds = time.perf_counter() - start
+    result: dict[str, Any] = {
+        "suite": job.suite,
+        "task_id": job.task_id,
+        "init_index": job.init_index,
+        "perturbation": job.perturbation,
+        "severity": job.severity,
+        "task": env.instruction,
+        "success": bool(success),
+        "length": len(actions),
+        "physics_seconds": physics_seconds,
+        "images": None,
+    }
+    if actions and (success or job.keep_failures):
+        render_start = time.perf_counter()
+        images: dict[str, list[bytes]] = {key: [] for key in env.cameras}
+        for flat in sim_states:
+            env.sim.set_state_from_flattened(flat)
+            env.sim.forward()
+            for key in env.cameras:
+                images[key].append(encode_png(env.render(key)))
+        result["images"] = images
+        result["states"] = np.stack(states)
+        result["actions"] = np.stack(actions)
+        result["render_seconds"] = time.perf_counter() - render_start
+    return result
+
+
+def collect_demonstrations(
+    suite: str,
+    output_dir: str | os.PathLike,
+    tasks: list[int] | None = None,
+    episodes: int = 10,
+    perturbation: str = "none",
+    severity: int = 3,
+    image_size: int = 128,
+    num_workers: int | None = None,
+    seed: int = 0,
+    keep_failures: bool = False,
+    max_steps: int | None = None,
+    init_offset: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Collect `episodes` expert demonstrations per task (init states `init_offset..`) into `output_dir`.
+
+    Returns a summary: episodes attempted / kept, frames, success rate, physics and render speed.
+    """
+    from .dataset import LeRobotDatasetWriter
+    from .env import CAMERAS
+    from .suites import num_tasks
+
+    kinds = expand_perturbations(perturbation)
+    task_ids = list(range(num_tasks(suite))) if not tasks else list(tasks)
+    jobs = [
+        CollectJob(suite, t, (init_offset + k) % 50, kind, severity, image_size, seed, keep_failures, max_steps)
+        for t in task_ids
+        for kind in kinds
+        for k in range(episodes)
+    ]
+    writer = LeRobotDatasetWriter(output_dir, image_keys=tuple(CAMERAS), image_size=(image_size, image_size))
+    workers = default_num_workers(len(jobs)) if num_workers is None else num_workers
+    attempted = kept = 0
+    physics_steps = physics_seconds = render_frames = render_seconds = 0.0
+    start = time.perf_counter()
+    for result in run_jobs(collect_episode, jobs, workers, desc=f"collect {suite}", progress=progress):
+        attempted += 1
+        physics_steps += result["length"]
+        physics_seconds += result["physics_seconds"]
+        if result["images"] is None:
+            continue
+        kept += 1
+        render_frames += result["length"]
+        render_seconds += result["render_seconds"]
+        writer.add_episode(
+            result["states"],
+            result["actions"],
+            result["images"],
+            task=result["task"],
+            extra={
+                "success": result["success"],
+                "suite": result["suite"],
+                "task_id": result["task_id"],
+                "init_index": result["init_index"],
+                "perturbation": result["perturbation"],
+                "severity": result["severity"],
+            },
+        )
+    writer.finalize()
+    wall = time.perf_counter() - start
+    return {
+        "output": str(Path(output_dir)),
+        "episodes_attempted": attempted,
+        "episodes_kept": kept,
+        "frames": int(render_frames),
+        "expert_success_rate": kept / attempted if attempted and not keep_failures else None,
+        "physics_steps_per_second": physics_steps / physics_seconds if physics_seconds else None,
+        "rendered_frames_per_second": render_frames / render_seconds if render_seconds else None,
+        "wall_seconds": wall,
+        "workers": workers,
+    }

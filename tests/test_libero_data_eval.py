@@ -1,0 +1,219 @@
+"""LeRobot-format datasets (write, collect, load), the policy folder convention and `peft-ckt eval-libero`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from peft_ckt.libero.runtime import libero_import_error
+
+pytestmark = [
+    pytest.mark.libero,
+    pytest.mark.skipif(
+        libero_import_error() is not None, reason=f"libero extra not importable: {libero_import_error()}"
+    ),
+]
+
+
+def _episode(rng: np.random.Generator, length: int, size: int = 16):
+    images = {
+        k: [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(length)]
+        for k in ("image", "wrist_image")
+    }
+    return rng.normal(size=(length, 8)).astype(np.float32), rng.uniform(-1, 1, (length, 7)).astype(np.float32), images
+
+
+def test_dataset_round_trip(tmp_path):
+    import datasets
+
+    from peft_ckt.libero.dataset import LeRobotDatasetWriter, load_lerobot_dataset
+
+    rng = np.random.default_rng(0)
+    writer = LeRobotDatasetWriter(tmp_path / "ds", image_size=(16, 16))
+    episodes = [_episode(rng, 4), _episode(rng, 3)]
+    for i, (states, actions, images) in enumerate(episodes):
+        writer.add_episode(states, actions, images, task=f"task {i % 2}", extra={"success": True})
+    writer.finalize()
+    info = json.loads((tmp_path / "ds" / "meta" / "info.json").read_text())
+    assert info["total_episodes"] == 2 and info["total_frames"] == 7 and info["features"]["action"]["shape"] == [7]
+
+    # Plain `datasets` reads the parquet files with images decoded.
+    raw = datasets.load_dataset("parquet", data_files=str(tmp_path / "ds" / "data" / "*" / "*.parquet"), split="train")
+    assert isinstance(raw.features["observation.images.image"], datasets.Image)
+    assert {"observation.state", "action", "episode_index", "frame_index", "task_index"} <= set(raw.column_names)
+
+    dataset = load_lerobot_dataset(tmp_path / "ds")
+    assert len(dataset) == 7 and dataset.num_episodes == 2
+    second = dataset.episode_indices(1)
+    item = dataset[second[2]]
+    states, actions, images = episodes[1]
+    assert item["task"] == "task 1" and item["episode_index"] == 1 and item["frame_index"] == 2
+    np.testing.assert_allclose(item["observation.state"], states[2], rtol=1e-6)
+    np.testing.assert_allclose(item["action"], actions[2], rtol=1e-6)
+    np.testing.assert_array_equal(item["observation.images.wrist_image"], images["wrist_image"][2])  # PNG: lossless
+    with pytest.raises(FileExistsError):
+        LeRobotDatasetWriter(tmp_path / "ds")
+
+
+def test_loader_reads_v3_video_layout(tmp_path):
+    """The Hub's LeRobot v3.0 layout: several episodes per parquet / MP4 file, episode metadata in parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from peft_ckt.libero.dataset import load_lerobot_dataset
+    from peft_ckt.libero.evaluation import write_video
+
+    root = tmp_path / "hub_libero"
+    fps, lengths = 10, [3, 4]
+    # Flat colours survive H.264: frame t of the file has grey level 20 * t.
+    frames = [np.full((16, 16, 3), 20 * t, dtype=np.uint8) for t in range(sum(lengths))]
+    (root / "videos" / "observation.images.image" / "chunk-000").mkdir(parents=True)
+    write_video(root / "videos" / "observation.images.image" / "chunk-000" / "file-000.mp4", frames, fps=fps)
+    rows = {
+        "observation.state": [],
+        "action": [],
+        "timestamp": [],
+        "frame_index": [],
+        "episode_index": [],
+        "index": [],
+        "task_index": [],
+    }
+    for ep, length in enumerate(lengths):
+        for t in range(length):
+            rows["observation.state"].append([float(ep)] * 8)
+            rows["action"].append([float(t)] * 7)
+            rows["timestamp"].append(t / fps)
+            rows["frame_index"].append(t)
+            rows["episode_index"].append(ep)
+            rows["index"].append(len(rows["index"]))
+            rows["task_index"].append(ep)
+    (root / "data" / "chunk-000").mkdir(parents=True)
+    pq.write_table(pa.table(rows), root / "data" / "chunk-000" / "file-000.parquet")
+    (root / "meta" / "episodes" / "chunk-000").mkdir(parents=True)
+    key = "observation.images.image"
+    episodes = pa.table(
+        {
+            "episode_index": [0, 1],
+            "length": lengths,
+            f"videos/{key}/chunk_index": [0, 0],
+            f"videos/{key}/file_index": [0, 0],
+            f"videos/{key}/from_timestamp": [0.0, lengths[0] / fps],
+        }
+    )
+    pq.write_table(episodes, root / "meta" / "episodes" / "chunk-000" / "file-000.parquet")
+    pq.write_table(
+        pa.table({"task_index": [0, 1], "task": ["open the drawer", "close the drawer"]}),
+        root / "meta" / "tasks.parquet",
+    )
+    info = {
+        "codebase_version": "v3.0",
+        "fps": fps,
+        "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
+        "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4",
+        "features": {
+            key: {"dtype": "video", "shape": [16, 16, 3]},
+            "observation.state": {"dtype": "float32", "shape": [8]},
+            "action": {"dtype": "float32", "shape": [7]},
+        },
+    }
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+
+    dataset = load_lerobot_dataset(root)
+    assert len(dataset) == 7 and dataset.num_episodes == 2
+    item = dataset[dataset.episode_indices(1)[2]]  # episode 1, frame 2 -> file frame 3 + 2 = 5
+    assert item["task"] == "close the drawer"
+    assert abs(float(item[key].mean()) - 100) < 6
+
+
+def test_collect_writes_a_loadable_dataset(tmp_path):
+    from peft_ckt.commands import main
+    from peft_ckt.libero.dataset import load_lerobot_dataset
+
+    out = tmp_path / "demos"
+    code = main(
+        ["collect-libero", "--suite", "libero_object", "--tasks", "0", "--episodes", "1", "--max-steps", "6",
+         "--keep-failures", "--image-size", "32", "--workers", "0", "--output", str(out), "--no-progress"]
+    )  # fmt: skip
+    assert code == 0
+    dataset = load_lerobot_dataset(out)
+    assert len(dataset) == 6
+    item = dataset[5]
+    assert item["observation.images.image"].shape == (32, 32, 3) and item["observation.images.image"].std() > 5
+    assert "alphabet soup" in item["task"]
+    # The recorded actions are the expert's: it moves towards the soup can from the first step.
+    assert np.abs(item["action"][:3]).max() > 0.05
+
+
+def test_policy_folder_round_trip(tmp_path):
+    import torch
+
+    from peft_ckt.libero.mlp_policy import StateMLPPolicy
+    from peft_ckt.libero.policy import load_policy
+
+    torch.manual_seed(0)
+    policy = StateMLPPolicy(hidden_dim=16, chunk_size=3, n_action_steps=2)
+    policy.save_pretrained(tmp_path / "policy")
+    assert {"config.json", "model.safetensors"} <= {p.name for p in (tmp_path / "policy").iterdir()}
+    loaded = load_policy(tmp_path / "policy")
+    assert type(loaded) is StateMLPPolicy and loaded.n_action_steps == 2
+    obs = {"observation.state": np.linspace(-1, 1, 8, dtype=np.float32), "task": "x"}
+    expected = policy.predict_action_chunk(obs)
+    loaded.reset()
+    np.testing.assert_allclose(loaded.select_action(obs), expected[0], rtol=1e-5)
+    np.testing.assert_allclose(loaded.select_action(obs), expected[1], rtol=1e-5)  # from the queued chunk
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_policy(tmp_path / "missing")
+
+
+def _check_outputs(out, episodes: int) -> dict:
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["episodes"]) == episodes
+    for row in results["episodes"]:
+        assert {"task", "init_index", "perturbation", "success", "steps"} <= set(row)
+    summary = results["summary"]
+    assert {"success_rate", "by_task", "by_perturbation", "libero_plus"} <= set(summary)
+    table = (out / "results.md").read_text()
+    assert "| Camera | Robot | Language | Light | Background | Noise | Layout | Total |" in table
+    assert (out / "success_rates.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return results
+
+
+def test_eval_libero_cli_scripted(tmp_path):
+    from peft_ckt.commands import main
+
+    out = tmp_path / "eval"
+    code = main(
+        ["eval-libero", "--suite", "libero_object", "--tasks", "0", "--episodes", "1", "--policy", "scripted",
+         "--perturbation", "none", "--workers", "0", "--output", str(out), "--no-progress"]
+    )  # fmt: skip
+    assert code == 0
+    results = _check_outputs(out, 1)
+    episode = results["episodes"][0]
+    assert episode["success"] is True and 0 < episode["steps"] < 280 and episode["task_id"] == 0
+    assert results["summary"]["success_rate"] == 1.0 and results["summary"]["by_perturbation"]["none"]["episodes"] == 1
+
+
+def test_eval_libero_cli_policy_folder_under_perturbation(tmp_path):
+    from peft_ckt.commands import main
+    from peft_ckt.libero.mlp_policy import StateMLPPolicy
+
+    StateMLPPolicy(hidden_dim=8).save_pretrained(tmp_path / "policy")
+    out = tmp_path / "eval"
+    code = main(
+        ["eval-libero", "--suite", "libero_object", "--tasks", "0", "--episodes", "1", "--policy", str(tmp_path / "policy"),
+         "--perturbation", "camera", "--max-steps", "5", "--workers", "0", "--image-size", "32", "--video",
+         "--output", str(out), "--no-progress"]
+    )  # fmt: skip
+    assert code == 0
+    results = _check_outputs(out, 1)
+    assert results["episodes"][0]["steps"] == 5 and results["episodes"][0]["success"] is False
+    assert results["summary"]["libero_plus"]["Camera"] == 0.0 and results["summary"]["libero_plus"]["Original"] is None
+    videos = list((out / "videos").glob("*.mp4"))
+    assert len(videos) == 1 and videos[0].stat().st_size > 500
+    import imageio.v2 as imageio
+
+    with imageio.get_reader(str(videos[0]), format="ffmpeg") as reader:
+        frames = [f for f in reader]
+    assert len(frames) == 6 and frames[0].shape == (32, 32, 3)  # 5 steps + the final frame
