@@ -38,8 +38,8 @@ def tiny_args(output_dir, **overrides) -> CKTTrainingArguments:
         preset="tiny",
         output_dir=str(output_dir),
         max_steps=8,
-        per_device_batch_size=8,
-        num_train_samples=32,
+        per_device_batch_size=4,
+        num_train_samples=16,
         checkpointing_steps=3,
         report_to="none",
         progress_bar=False,
@@ -55,12 +55,15 @@ def read_metrics(output_dir) -> list[dict]:
 
 
 def test_killed_run_resumes_on_the_same_loss_curve(tmp_path):
-    # 32 samples / batch 8 = 4 micro-batches per epoch, 2 per step: the resume point (step 3) is mid-epoch.
-    full = train(tiny_args(tmp_path / "full", gradient_accumulation_steps=2))
+    # 16 samples / batch 4 = 4 micro-batches per epoch, 2 per step: the resume point (step 3) is mid-epoch.
+    # bf16 autocast: mixed precision must not break the determinism either.
+    full = train(tiny_args(tmp_path / "full", gradient_accumulation_steps=2, mixed_precision="bf16"))
     assert not full.stopped_early and full.global_step == 8
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
-    killed = train(tiny_args(tmp_path / "resumed", gradient_accumulation_steps=2, stop_after_steps=5))
+    killed = train(
+        tiny_args(tmp_path / "resumed", gradient_accumulation_steps=2, mixed_precision="bf16", stop_after_steps=5)
+    )
     assert killed.stopped_early and killed.global_step == 5
     assert not (tmp_path / "resumed" / "adapter_model.safetensors").exists()
     # At most the steps since the last checkpoint are lost: checkpoint-3 is the newest.
@@ -72,7 +75,9 @@ def test_killed_run_resumes_on_the_same_loss_curve(tmp_path):
 
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
-    resumed = train(tiny_args(tmp_path / "resumed", gradient_accumulation_steps=2, resume="latest"))
+    resumed = train(
+        tiny_args(tmp_path / "resumed", gradient_accumulation_steps=2, mixed_precision="bf16", resume="latest")
+    )
     assert [r["step"] for r in resumed.history] == [4, 5, 6, 7, 8]
 
     full_losses = [r["loss"] for r in read_metrics(tmp_path / "full")]
@@ -85,7 +90,14 @@ def test_killed_run_resumes_on_the_same_loss_curve(tmp_path):
 
 
 def test_training_lowers_the_loss_and_logs_everything(tmp_path):
-    args = tiny_args(tmp_path, max_steps=12, learning_rate=1e-2, report_to="tensorboard", checkpointing_steps=0)
+    args = tiny_args(
+        tmp_path,
+        max_steps=12,
+        per_device_batch_size=8,
+        learning_rate=1e-2,
+        report_to="tensorboard",
+        checkpointing_steps=0,
+    )
     set_seed(0)
     setup = build_training_setup(args)
     before = evaluate_loss(setup.model, setup.train_dataset, setup.student_loss, max_batches=2)

@@ -121,13 +121,16 @@ class FlowMatchingLoss:
 
     def __call__(self, model: torch.nn.Module, batch: Mapping[str, Any], **ckt_kwargs: Any) -> torch.Tensor:
         """Runs `model(**student_inputs, **ckt_kwargs)` (e.g. `ckt_context=`) and returns the scalar loss."""
-        clean = batch[self.latents_key]
+        # Engines that cast the whole model (DeepSpeed bf16/fp16) get inputs in its dtype; under autocast the
+        # parameters stay fp32 and nothing changes.
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        clean = batch[self.latents_key].to(dtype)
         noise = torch.randn_like(clean)
         t = torch.rand(clean.shape[0], device=clean.device, dtype=clean.dtype)
         t_b = t.view(-1, *([1] * (clean.ndim - 1)))
         noisy = (1.0 - t_b) * clean + t_b * noise
         target = noise - clean
-        inputs = {key: batch[source] for key, source in self.conditioning_keys.items()}
+        inputs = {key: batch[source].to(dtype) for key, source in self.conditioning_keys.items()}
         out = model(hidden_states=noisy, timestep=t * self.timestep_scale, **inputs, **self.extra_inputs, **ckt_kwargs)
         prediction = out.sample if hasattr(out, "sample") else (out[0] if isinstance(out, (tuple, list)) else out)
         return F.mse_loss(prediction.float(), target.float())
