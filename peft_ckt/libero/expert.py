@@ -87,6 +87,7 @@ class ScriptedExpertPolicy(LiberoPolicy):
         self.attempts = 0
         self._down_rot: np.ndarray | None = None
         self._grasp_yaw = 0.0
+        self._grasp_offset_xy = np.zeros(2)  # grasp point relative to the object's centre
         self._grasp_offset_z = 0.0  # eef height minus object bottom at grasp time
         self._rest_bottom = 0.0  # object bottom height before lifting
 
@@ -118,16 +119,57 @@ class ScriptedExpertPolicy(LiberoPolicy):
             return (box["aabb_min"][:2] + box["aabb_max"][:2]) / 2, float(box["aabb_max"][2])
         raise ValueError(f"Goal target {target!r} is neither an object nor a region of the scene")
 
-    @staticmethod
-    def _narrow_axis_yaw(box: dict[str, Any]) -> float:
-        """World yaw of the object's narrower horizontal side (the direction the fingers should close along)."""
-        rot = box["xmat"]
+    def _plan_grasp(self, priv: dict[str, Any], obj_name: str, grasp_z: float) -> tuple[float, np.ndarray]:
+        """Choose the gripper yaw and grasp point that keep fingers and hand farthest from neighbouring objects.
+
+        Boxes are grasped across their narrow side (the long side may not fit between the fingers), along which the
+        grasp point may slide; round objects admit any yaw. Later attempts take the next-best candidate.
+        """
+        box = priv["objects"][obj_name]
         half = box["box_half_local"]
-        # Local axes that are most horizontal in the world frame.
-        horizontal = [i for i in np.argsort(np.abs(rot[2, :]))[:2]]
-        axis = min(horizontal, key=lambda i: half[i])
-        direction = rot[:, axis]
-        return float(np.arctan2(direction[1], direction[0]))
+        rot = box["xmat"]
+        horizontal = sorted(np.argsort(np.abs(rot[2, :]))[:2], key=lambda i: half[i])
+        narrow, long = horizontal
+        elongated = half[long] > 1.25 * half[narrow]
+        narrow_dir = rot[:, narrow]
+        long_dir = rot[:, long][:2] / (np.linalg.norm(rot[:, long][:2]) + 1e-9)
+        base_yaw = float(np.arctan2(narrow_dir[1], narrow_dir[0]))
+        if elongated:
+            yaws = [base_yaw]
+            slide_limit = max(0.0, half[long] - 0.02)
+            slides = [s for s in (0.0, 0.012, -0.012, 0.024, -0.024) if abs(s) <= slide_limit]
+        else:
+            yaws = [base_yaw + k * np.pi / 6 for k in range(6)]
+            slides = [0.0]
+        others = [
+            (o["aabb_min"], o["aabb_max"])
+            for name, o in priv["objects"].items()
+            if name != obj_name and o["aabb_max"][2] > grasp_z - 0.01
+        ]
+        candidates = []
+        for yaw in yaws:
+            finger_dir = np.array([np.cos(yaw), np.sin(yaw)])
+            for slide in slides:
+                offset = slide * long_dir if elongated else np.zeros(2)
+                center = (box["aabb_min"][:2] + box["aabb_max"][:2]) / 2 + offset
+                # Finger pads just outside the object at fingertip height, hand ends 5 cm higher.
+                reach = half[narrow] + 0.02
+                probes = [(center + sign * reach * finger_dir, grasp_z) for sign in (-1, 1)]
+                probes += [(center + sign * 0.09 * finger_dir, grasp_z + 0.05) for sign in (-1, 1)]
+                clearance = 0.1
+                for lo, hi in others:
+                    for point, height in probes:
+                        if hi[2] < height:
+                            continue
+                        gap = np.maximum(np.maximum(lo[:2] - point, point - hi[:2]), 0.0)
+                        clearance = min(clearance, float(np.linalg.norm(gap)))
+                # Prefer clearance, then a centred grasp, then the smallest turn of the wrist.
+                score = min(clearance, 0.03) - 0.2 * abs(slide) - 0.005 * abs(_wrap_half_turn(yaw - np.pi / 2))
+                candidates.append((score, yaw, offset))
+        candidates.sort(key=lambda c: -c[0])
+        _, yaw, offset = candidates[min(self.attempts, len(candidates) - 1)]
+        # The fingers close along the gripper's y axis, which points along world -y at yaw 0.
+        return _wrap_half_turn(yaw - np.pi / 2), offset
 
     # ------------------------------------------------------------------ control
     def _move(self, eef: np.ndarray, eef_rot: np.ndarray, target: np.ndarray, gripper: float) -> np.ndarray:
@@ -168,11 +210,12 @@ class ScriptedExpertPolicy(LiberoPolicy):
         finger_gap = float(np.sum(np.abs(priv["gripper_qpos"])))
         self.phase_steps += 1
 
+        grasp_z = max(obj_top - self.grasp_depth, obj_bottom + 0.5 * (obj_top - obj_bottom), obj_bottom + 0.01)
         if self.phase == "approach":
-            # The fingers close along the gripper's y axis; align that with the narrow side of the object.
-            narrow = self._narrow_axis_yaw(box)
-            self._grasp_yaw = _wrap_half_turn(narrow - np.pi / 2)
-            goal = np.array([obj_center[0], obj_center[1], obj_top + self.approach_height])
+            if self.phase_steps == 1:
+                self._grasp_yaw, self._grasp_offset_xy = self._plan_grasp(priv, obj_name, grasp_z)
+            grasp_xy = obj_center[:2] + self._grasp_offset_xy
+            goal = np.array([grasp_xy[0], grasp_xy[1], obj_top + self.approach_height])
             yaw_error = np.linalg.norm(_rotation_vector(self._desired_rot() @ eef_rot.T))
             if (np.linalg.norm(goal[:2] - eef[:2]) < 0.01 and abs(goal[2] - eef[2]) < 0.03 and yaw_error < 0.1) or (
                 self.phase_steps > 60
@@ -180,9 +223,9 @@ class ScriptedExpertPolicy(LiberoPolicy):
                 self._set_phase("descend")
             return self._move(eef, eef_rot, goal, -1.0)
 
-        grasp_z = max(obj_top - self.grasp_depth, obj_bottom + 0.5 * (obj_top - obj_bottom), obj_bottom + 0.01)
         if self.phase == "descend":
-            goal = np.array([obj_center[0], obj_center[1], grasp_z])
+            grasp_xy = obj_center[:2] + self._grasp_offset_xy
+            goal = np.array([grasp_xy[0], grasp_xy[1], grasp_z])
             if abs(eef[2] - grasp_z) < 0.008 or self.phase_steps > 50:
                 self._set_phase("close")
             return self._move(eef, eef_rot, goal, -1.0)
