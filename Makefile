@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # CPU torch first, then everything else under the same pin (see constraints.txt).
-EXTRAS ?= dev
+EXTRAS ?= dev,libero
 
 .PHONY: install test demo lint format clean
 
@@ -13,6 +13,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	# hf-libero -> robomimic pulls PyPI's CUDA torchvision, which cannot load beside the CPU torch and then breaks
+	# transformers' imports; nothing here uses torchvision, so drop it when it does not import.
+	$(PY) -c "import torchvision" 2>/dev/null || $(PIP) uninstall -q -y torchvision
 	touch $@
 
 install: $(VENV)/.installed
