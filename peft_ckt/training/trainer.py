@@ -16,6 +16,7 @@ import re
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -146,6 +147,24 @@ def _cpu_only_multi_process() -> bool:
     # Other accelerator back-ends Accelerate knows (probes missing from older versions count as absent).
     probes = ("is_xpu_available", "is_npu_available", "is_mlu_available", "is_hpu_available")
     return not any(getattr(accelerate.utils, name, lambda: False)() for name in probes)
+
+
+def _warn_if_cpu_launch_is_single_process() -> None:
+    """`accelerate launch --cpu --num_processes N` (N > 1) relies on MPI to start the processes; without
+    `--mpirun_hostfile` it starts one, which then trains alone. Say so instead of letting it pass silently."""
+    from accelerate.utils import str_to_bool
+
+    cpu_launch = str_to_bool(os.environ.get("ACCELERATE_USE_CPU", "false") or "false")
+    mpi_or_torchrun = any(
+        k in os.environ for k in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+    )
+    if cpu_launch and "MASTER_ADDR" in os.environ and not mpi_or_torchrun:
+        warnings.warn(
+            "`accelerate launch --cpu --num_processes N` started a single process (Accelerate needs MPI, "
+            "`--mpirun_hostfile`, to start N CPU processes). For data-parallel training on CPUs use "
+            "`accelerate launch --multi_gpu --num_processes N ...` or `torchrun --nproc_per_node N ...`.",
+            stacklevel=2,
+        )
 
 
 def _flat_config(args: CKTTrainingArguments) -> dict[str, Any]:
@@ -326,6 +345,7 @@ class CKTTrainer:
         from transformers import get_scheduler
 
         args = self.args
+        _warn_if_cpu_launch_is_single_process()
         accelerator = self._build_accelerator()
         set_seed(args.seed, deterministic=args.full_determinism)
         if accelerator.is_main_process:
