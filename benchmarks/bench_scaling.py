@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from .bench_bank import count_flops
 from .harness import forward_backward_memory, time_one
 from .result import BenchmarkResult, Row
 from .sizes import Sizes, paper_bank
@@ -47,7 +48,11 @@ def run(sizes: Sizes, device: torch.device) -> BenchmarkResult:
 
     def measure(step, params) -> dict[str, float]:
         seconds = time_one(step, device, warmup=max(sizes.warmup, 1), repeats=sizes.repeats)
-        return {"seconds": seconds, "activation_bytes": forward_backward_memory(step, params, device)}
+        return {
+            "seconds": seconds,
+            "flops": count_flops(step),
+            "activation_bytes": forward_backward_memory(step, params, device),
+        }
 
     by_tokens, by_batch, lqca_by_tokens = [], [], []
     batch = sizes.scaling_fixed_batch
@@ -73,6 +78,7 @@ def run(sizes: Sizes, device: torch.device) -> BenchmarkResult:
 
     exponents = {
         "scaling_lqca_time_exponent_tokens": exponent(lqca_by_tokens, "seconds", "tokens"),
+        "scaling_lqca_flop_exponent_tokens": exponent(lqca_by_tokens, "flops", "tokens"),
         "scaling_lqca_memory_exponent_tokens": exponent(lqca_by_tokens, "activation_bytes", "tokens"),
         "scaling_bank_time_exponent_tokens": exponent(by_tokens, "seconds", "tokens"),
         "scaling_bank_memory_exponent_tokens": exponent(by_tokens, "activation_bytes", "tokens"),
@@ -97,6 +103,12 @@ def run(sizes: Sizes, device: torch.device) -> BenchmarkResult:
             exponents["scaling_lqca_time_exponent_tokens"],
             "<= ~1 (linear)",
             exponents["scaling_lqca_time_exponent_tokens"] < 1.2,
+        ),
+        Row(
+            "LQCA FLOPs ~ N^x",
+            exponents["scaling_lqca_flop_exponent_tokens"],
+            "<= ~1 (linear)",
+            exponents["scaling_lqca_flop_exponent_tokens"] < 1.2,
         ),
         Row(
             "LQCA activation memory ~ N^x",

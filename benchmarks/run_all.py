@@ -59,6 +59,8 @@ def machine_description(device: torch.device) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }
+    if hasattr(os, "getloadavg"):  # other work on a shared machine inflates (and adds noise to) the timings
+        info["load_average_at_start"] = os.getloadavg()
     try:
         with open("/proc/cpuinfo") as f:
             names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
@@ -123,6 +125,7 @@ def run(
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    machine = machine_description(device)
     results: list[BenchmarkResult] = []
     payload: dict[str, Any] = {}
     try:
@@ -138,7 +141,9 @@ def run(
         result.seconds = time.perf_counter() - start
         results.append(result)
         payload.update(result.metrics)
-    payload["machine"] = machine_description(device)
+    payload["machine"] = machine
+    if hasattr(os, "getloadavg"):
+        machine["load_average_at_end"] = os.getloadavg()
     payload["sizes"] = sizes.as_dict()
     payload["rows"] = {result.name: [row.as_dict() for row in result.rows] for result in results}
     payload["details"] = {result.name: result.details for result in results}

@@ -52,6 +52,7 @@ class Sizes:
     scaling_fixed_tokens: int = 128
     scaling_fixed_batch: int = 2
     scaling_width_divisor: int = 1
+    compare_attention_time: bool = True  # also time the sparse bank with the projected (pre-absorption) attention
     warmup: int = 1
     repeats: int = 5
 
@@ -97,33 +98,34 @@ PROFILES: dict[str, Sizes] = {
         warmup=0,
         repeats=1,
     ),
-    # 2 CPU cores, a couple of minutes
+    # 2 CPU cores, a few minutes
     "quick": Sizes(
         name="quick",
         bank_batch=4,
-        bank_tokens=64,
-        teacher_heads=2,
+        bank_tokens=128,
+        teacher_heads=4,
         teacher_head_dim=64,
-        teacher_ffn=512,
+        teacher_ffn=1024,
         teacher_layers=8,
         student_heads=2,
         student_head_dim=64,
         student_layers=4,
         student_text_dim=64,
-        latent=(16, 2, 16, 16),
+        latent=(16, 2, 32, 32),
         batch=2,
-        scaling_tokens=[32, 64, 128, 256],
+        scaling_tokens=[128, 256, 512, 1024],
         scaling_batches=[1, 2, 4],
-        scaling_fixed_tokens=64,
+        scaling_fixed_tokens=256,
         scaling_fixed_batch=2,
         scaling_width_divisor=4,
+        compare_attention_time=False,
         repeats=3,
     ),
-    # a full CPU run (tens of minutes on 2 cores)
+    # a full CPU run (~15 minutes on 2 cores)
     "cpu": Sizes(
         name="cpu",
         bank_batch=4,
-        bank_tokens=256,
+        bank_tokens=512,
         teacher_heads=4,
         teacher_head_dim=64,
         teacher_ffn=1024,
@@ -134,10 +136,11 @@ PROFILES: dict[str, Sizes] = {
         student_text_dim=128,
         latent=(16, 4, 32, 32),
         batch=2,
-        scaling_tokens=[64, 128, 256, 512],
+        scaling_tokens=[256, 512, 1024, 2048],
         scaling_batches=[1, 2, 4, 8],
-        scaling_fixed_tokens=128,
+        scaling_fixed_tokens=512,
         scaling_fixed_batch=2,
+        scaling_width_divisor=2,
         repeats=5,
     ),
     # one GPU (H100 class)
