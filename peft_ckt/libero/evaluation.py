@@ -185,7 +185,8 @@ def markdown_report(results: dict[str, Any]) -> str:
         lines += [
             "",
             f"{speed['env_steps']} environment steps in {speed['wall_seconds']:.1f} s with {speed['workers']} "
-            f"worker(s): {speed['steps_per_second']:.1f} steps/s overall.",
+            f"worker(s): {speed['steps_per_second']:.1f} steps/s overall, "
+            f"{speed['episode_steps_per_second']:.1f} steps/s per worker inside episodes.",
         ]
     return "\n".join(lines) + "\n"
 
@@ -302,6 +303,7 @@ def evaluate_libero(
     order = {(j.task_id, j.perturbation, j.init_index): i for i, j in enumerate(jobs)}
     collected.sort(key=lambda r: order[(r["task_id"], r["perturbation"], r["init_index"])])
     env_steps = int(sum(r["steps"] for r in collected))
+    episode_seconds = float(sum(r["seconds"] for r in collected))
     results = {
         "config": {
             "suite": suite,
@@ -323,6 +325,8 @@ def evaluate_libero(
             "wall_seconds": round(wall, 2),
             "workers": workers,
             "steps_per_second": round(env_steps / wall, 2) if wall > 0 else None,
+            # Inside episodes only (no process start-up or env creation): the simulation + policy rate per worker.
+            "episode_steps_per_second": round(env_steps / episode_seconds, 2) if episode_seconds > 0 else None,
         },
     }
     _write_json(out / "results.json", results)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +53,8 @@ def _benchmark(suite: str):
     configure_libero()
     from libero.libero import benchmark
 
-    return benchmark.get_benchmark_dict()[_check_suite(suite)]()
+    with contextlib.redirect_stdout(io.StringIO()):  # LIBERO prints its task order on every construction
+        return benchmark.get_benchmark_dict()[_check_suite(suite)]()
 
 
 def num_tasks(suite: str) -> int:
