@@ -123,7 +123,8 @@ def _check_compiled_bank(backend: str) -> None:
     torch.testing.assert_close(context.tokens, reference.tokens, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(context.topk_indices, reference.topk_indices)
     for name, grad in eager_grads.items():
-        torch.testing.assert_close(bank.get_parameter(name).grad, grad, rtol=1e-5, atol=1e-6)
+        # inductor fuses and reorders reductions: gradients agree to float32 rounding, not bit for bit
+        torch.testing.assert_close(bank.get_parameter(name).grad, grad, rtol=1e-4, atol=1e-5)
     # Idle experts did no work: at most zero-row calls (their gradients are zero) instead of being skipped.
     for index in idle:
         for param in bank.specialized[index].parameters():
