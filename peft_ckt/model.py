@@ -175,7 +175,9 @@ class CKTModel(BaseTuner):
         self._check_new_adapter_config(config)
         state = self._ckt_state()
 
-        teacher = self._resolve_teacher(config)
+        # A stored teacher reference is loaded now only if its width is unknown; otherwise on first use, so that
+        # training from cached features, pushing or inspecting an adapter never loads a (possibly 14B) teacher.
+        teacher = self._resolve_teacher(config, load=config.teacher_hidden_size is None)
         extractor = TeacherFeatureExtractor(teacher, config.teacher_layer) if teacher is not None else None
         route = resolve_route(model, config.context_kwarg, config.target_modules)
 
@@ -212,23 +214,30 @@ class CKTModel(BaseTuner):
         self.targeted_module_names.append(route.module_name or LAYER_NAME)
 
     @staticmethod
-    def _resolve_teacher(config: CKTConfig) -> Optional[nn.Module]:
+    def _resolve_teacher(config: CKTConfig, load: bool) -> Optional[nn.Module]:
+        """The attached teacher module; a stored reference is loaded only when `load` (else lazily, on first use)."""
         if isinstance(config.teacher, nn.Module):  # set on the config after construction
             config.attach_teacher(config.teacher)
         if config.teacher_module is not None:
             return config.teacher_module
-        if config.teacher:
-            try:
-                teacher = load_teacher(config.teacher, config.teacher_class)
-            except Exception as err:
-                raise RuntimeError(
-                    f"Could not load the CKT teacher {config.teacher!r} (class {config.teacher_class}): {err}. Pass the "
-                    "teacher module instead: `PeftModel.from_pretrained(student, path, teacher=teacher)`."
-                ) from err
-            config.attach_teacher(teacher)
-            config.teacher = config.teacher or None
-            return teacher
+        if config.teacher and load:
+            return CKTModel._load_teacher_reference(config)
         return None
+
+    @staticmethod
+    def _load_teacher_reference(config: CKTConfig) -> nn.Module:
+        reference, teacher_class = config.teacher, config.teacher_class
+        try:
+            teacher = load_teacher(reference, teacher_class)
+        except Exception as err:
+            raise RuntimeError(
+                f"Could not load the CKT teacher {reference!r} (class {teacher_class}): {err}. Pass the teacher "
+                "module instead: `PeftModel.from_pretrained(student, path, teacher=teacher)`."
+            ) from err
+        config.attach_teacher(teacher)
+        # Keep the reference the adapter was saved with (the loaded model may report a cache path).
+        config.teacher, config.teacher_class = reference, teacher_class or config.teacher_class
+        return teacher
 
     # ------------------------------------------------------------------ adapters
     @property
@@ -293,6 +302,12 @@ class CKTModel(BaseTuner):
         and dtype."""
         adapter_name = adapter_name or self._active_adapter_name()
         extractor = self._ckt_state()["extractors"].get(adapter_name)
+        config: CKTConfig = self.peft_config[adapter_name]
+        if extractor is None and isinstance(config.teacher, str) and config.teacher:
+            reference = config.teacher, config.teacher_class
+            self.attach_teacher(self._load_teacher_reference(config), adapter_name)
+            config.teacher, config.teacher_class = reference
+            extractor = self._ckt_state()["extractors"][adapter_name]
         if extractor is None:
             raise ValueError(
                 f"No teacher is attached to CKT adapter {adapter_name!r}: pass `teacher=` to CKTConfig or to "

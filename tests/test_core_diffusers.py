@@ -169,9 +169,12 @@ def test_save_and_load_in_fresh_process_gives_identical_outputs(teacher, tmp_pat
         from peft_ckt.testing import tiny_cosmos_inputs, tiny_cosmos_student, tiny_wan_inputs
         # no teacher= : the stored teacher reference is loaded through its class
         model = PeftModel.from_pretrained(tiny_cosmos_student(), {str(adapter_dir)!r}).eval()
+        assert model.peft_config["default"].teacher_module is None  # loaded lazily, on first use
         with torch.no_grad():
             out = model(**tiny_cosmos_inputs(2), teacher_inputs=tiny_wan_inputs(2)).sample
         torch.testing.assert_close(out, torch.load({str(tmp_path / "expected.pt")!r}), rtol=0, atol=0)
+        assert model.peft_config["default"].teacher_module is not None
+        assert model.peft_config["default"].teacher == {str(teacher_dir)!r}
         print("IDENTICAL")
         """
     )

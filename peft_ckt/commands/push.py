@@ -58,17 +58,11 @@ def _student_for(adapter_dir: str, preset_name: str | None):
 def run(args: argparse.Namespace) -> int:
     from peft import PeftModel
 
-    from ..config import CKTConfig
     from ..hub import push_to_hub
 
     student = _student_for(args.adapter_dir, args.preset)
-    # Uploading needs no teacher (a 14B one would be loaded for nothing): load the adapter with the reference
-    # cleared, then restore it so that the pushed adapter_config.json still names the teacher.
-    config = CKTConfig.from_pretrained(args.adapter_dir)
-    reference = (config.teacher, config.teacher_class)
-    config.teacher = None
-    model = PeftModel.from_pretrained(student, args.adapter_dir, config=config)
-    config.teacher, config.teacher_class = reference
+    # Uploading needs no teacher: the stored reference is only loaded when teacher features are first needed.
+    model = PeftModel.from_pretrained(student, args.adapter_dir)
     info = push_to_hub(
         model,
         args.repo_id,

@@ -90,10 +90,16 @@ def build_training_setup(args: CKTTrainingArguments) -> TrainingSetup:
         cache = TeacherFeatureCache(args.teacher_cache)
         cache.check_compatible(len(dataset), teacher_layer=preset.teacher_layer, dataset_description=description)
         teacher = None
-        config = CKTConfig(teacher_layer=cache.teacher_layer, teacher_hidden_size=cache.hidden_size, **config_kwargs)
+        # The adapter names the teacher it was trained from (so it loads with it later); with its width known, the
+        # teacher itself is never loaded here.
+        config = CKTConfig(
+            teacher=cache.metadata.get("teacher"),
+            teacher_class=cache.metadata.get("teacher_class"),
+            teacher_layer=cache.teacher_layer,
+            teacher_hidden_size=cache.hidden_size,
+            **config_kwargs,
+        )
         model = get_peft_model(preset.build_student(), config)
-        # Saved adapters still name the teacher they were trained from, so they load with it later.
-        config.teacher, config.teacher_class = cache.metadata.get("teacher"), cache.metadata.get("teacher_class")
         dataset = CachedTeacherFeatures(dataset, cache)
     else:
         teacher = preset.build_teacher()
