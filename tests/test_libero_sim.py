@@ -164,3 +164,14 @@ def test_scripted_expert_solves_a_libero_object_task(env):
         env.render_images = True
     assert info["is_success"], f"expert failed (phase {policy.phase}, {env.num_steps} steps)"
     assert env.num_steps < env.max_steps
+
+
+@pytest.mark.parametrize("severity", [1, 3, 5])
+def test_sensor_noise_keeps_brightness(severity):
+    from peft_ckt.libero.perturbations import apply_image_noise
+
+    image = np.tile(np.linspace(0, 255, 32, dtype=np.uint8)[None, :, None], (32, 1, 3))
+    noisy = apply_image_noise(image, severity, np.random.default_rng(0))
+    assert noisy.shape == image.shape and noisy.dtype == np.uint8
+    assert np.abs(noisy.astype(float) - image).mean() > severity  # visibly noisier with the level
+    assert abs(float(noisy.mean()) - float(image.mean())) < 4  # noise, not a brightness change

@@ -4,6 +4,45 @@ Needs the `libero` extra (`pip install 'peft-ckt[libero]'`). Importing this pack
 imported and configured (headless, offline) on first use. See docs/libero.md.
 """
 
+from __future__ import annotations
+
+import importlib
+
 from .runtime import LiberoUnavailableError, configure_libero, is_libero_available, libero_import_error
 
-__all__ = ["LiberoUnavailableError", "configure_libero", "is_libero_available", "libero_import_error"]
+# Public names -> defining submodule, imported on first access (they pull in MuJoCo / robosuite / torch).
+_LAZY = {
+    "LiberoEnv": "env",
+    "CAMERAS": "env",
+    "Perturbation": "perturbations",
+    "PERTURBATIONS": "perturbations",
+    "LIBERO_PLUS_COLUMNS": "perturbations",
+    "SUITE_MAX_STEPS": "suites",
+    "SUITE_NAMES": "suites",
+    "LiberoTask": "suites",
+    "get_task": "suites",
+    "list_tasks": "suites",
+    "num_tasks": "suites",
+    "load_init_states": "suites",
+    "ScriptedExpertPolicy": "expert",
+    "LiberoPolicy": "policy",
+    "TorchLiberoPolicy": "policy",
+    "load_policy": "policy",
+    "register_policy": "policy",
+    "observation_to_batch": "policy",
+    "StateMLPPolicy": "mlp_policy",
+    "evaluate_libero": "evaluation",
+    "collect_demonstrations": "collect",
+    "LeRobotDatasetWriter": "dataset",
+    "load_lerobot_dataset": "dataset",
+}
+
+__all__ = ["LiberoUnavailableError", "configure_libero", "is_libero_available", "libero_import_error", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -294,13 +294,13 @@ def apply_image_noise(image: np.ndarray, severity: int, rng: np.random.Generator
         mask = rng.random(out.shape[:2]) < 0.004 * severity
         out[mask] = rng.choice([0.0, 255.0], size=(int(mask.sum()), 1))
     if severity >= 4:
-        k = severity - 2  # 2- or 3-pixel box blur
-        padded = np.pad(out, ((k, k), (k, k), (0, 0)), mode="edge")
+        radius = severity - 3  # 3x3 box blur at 4, 5x5 at 5
+        padded = np.pad(out, ((radius, radius), (radius, radius), (0, 0)), mode="edge")
         acc = np.zeros_like(out)
-        for dy in range(-k // 2, k // 2 + 1):
-            for dx in range(-k // 2, k // 2 + 1):
-                acc += padded[k + dy : k + dy + out.shape[0], k + dx : k + dx + out.shape[1]]
-        out = acc / ((k // 2 * 2 + 1) ** 2)
+        for dy in range(2 * radius + 1):
+            for dx in range(2 * radius + 1):
+                acc += padded[dy : dy + out.shape[0], dx : dx + out.shape[1]]
+        out = acc / (2 * radius + 1) ** 2
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
