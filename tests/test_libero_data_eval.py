@@ -42,7 +42,10 @@ def test_dataset_round_trip(tmp_path):
     # Plain `datasets` reads the parquet files with images decoded.
     raw = datasets.load_dataset("parquet", data_files=str(tmp_path / "ds" / "data" / "*" / "*.parquet"), split="train")
     assert isinstance(raw.features["observation.images.image"], datasets.Image)
-    assert {"observation.state", "action", "episode_index", "frame_index", "task_index"} <= set(raw.column_names)
+    assert {"observation.state", "action", "episode_index", "frame_index", "task_index", "task"} <= set(
+        raw.column_names
+    )
+    assert raw[5]["task"] == "task 1"
 
     dataset = load_lerobot_dataset(tmp_path / "ds")
     assert len(dataset) == 7 and dataset.num_episodes == 2

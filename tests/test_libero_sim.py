@@ -175,3 +175,15 @@ def test_sensor_noise_keeps_brightness(severity):
     assert noisy.shape == image.shape and noisy.dtype == np.uint8
     assert np.abs(noisy.astype(float) - image).mean() > severity  # visibly noisier with the level
     assert abs(float(noisy.mean()) - float(image.mean())) < 4  # noise, not a brightness change
+
+
+def test_expert_follows_goal_predicates_in_order():
+    from peft_ckt.libero.expert import ScriptedExpertPolicy
+
+    goals = [["turnon", "flat_stove_1"], ["in", "alphabet_soup_1", "basket_1_contain_region"], ["In", "butter_1", "b"]]
+    priv = {"goal": goals, "goal_satisfied": [False, False, False]}
+    assert ScriptedExpertPolicy._goal(priv) == ("in", "alphabet_soup_1", "basket_1_contain_region")
+    priv["goal_satisfied"] = [False, True, False]
+    assert ScriptedExpertPolicy._goal(priv) == ("in", "butter_1", "b")
+    with pytest.raises(ValueError, match="handles"):
+        ScriptedExpertPolicy._goal({"goal": [["open", "drawer_1"]]})

@@ -9,7 +9,9 @@ Layout written (LeRobot `v2.1`, images embedded in the parquet files as PNG, lik
     root/data/chunk-000/episode_000000.parquet
 
 Columns: `observation.state [8]` float32, `observation.images.image` and `observation.images.wrist_image` (HF Image),
-`action [7]` float32, `timestamp`, `frame_index`, `episode_index`, `index`, `task_index`. The loader adds `task`.
+`action [7]` float32, `timestamp`, `frame_index`, `episode_index`, `index`, `task_index`, and `task` (the instruction,
+so that plain `datasets` reads it without the metadata). For datasets without a `task` column the loader adds it
+from `meta/tasks`.
 
 `load_lerobot_dataset` reads that layout and the other LeRobot layouts found on the Hub (`lerobot/libero`,
 `HuggingFaceVLA/libero`, `lerobot/libero_plus` once downloaded): `v2.x` (one parquet per episode, optional per-episode
@@ -121,6 +123,7 @@ class LeRobotDatasetWriter:
                 "episode_index": Value("int64"),
                 "index": Value("int64"),
                 "task_index": Value("int64"),
+                "task": Value("string"),
             }
         )
         return Features(features)
@@ -163,6 +166,7 @@ class LeRobotDatasetWriter:
                 "episode_index": [episode_index] * length,
                 "index": list(range(self.total_frames, self.total_frames + length)),
                 "task_index": [task_index] * length,
+                "task": [task] * length,
             }
         )
         path = self.root / DATA_PATH.format(episode_chunk=episode_index // CHUNKS_SIZE, episode_index=episode_index)
@@ -199,6 +203,7 @@ class LeRobotDatasetWriter:
                 "episode_index": {"dtype": "int64", "shape": [1], "names": None},
                 "index": {"dtype": "int64", "shape": [1], "names": None},
                 "task_index": {"dtype": "int64", "shape": [1], "names": None},
+                "task": {"dtype": "string", "shape": [1], "names": None},
             }
         )
         info = {

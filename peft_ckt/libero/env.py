@@ -234,6 +234,7 @@ class LiberoEnv:
             lo, hi = self._body_aabb(body_id)
             center_local, half_local = self._body_local_box(body_id)
             objects[name] = {
+                "fixture": name in env.fixtures_dict,
                 "pos": np.array(data.body_xpos[body_id]),
                 "quat_wxyz": np.array(data.body_xquat[body_id]),
                 "xmat": np.array(data.body_xmat[body_id]).reshape(3, 3),
@@ -256,8 +257,19 @@ class LiberoEnv:
             "objects": objects,
             "regions": regions,
             "goal": [list(p) for p in env.parsed_problem["goal_state"]],
+            "goal_satisfied": [self._predicate_holds(p) for p in env.parsed_problem["goal_state"]],
             "obj_of_interest": list(env.obj_of_interest),
         }
+
+    def _predicate_holds(self, predicate: list[str]) -> bool | None:
+        """Truth of one BDDL goal predicate now (None when the task class cannot evaluate it alone)."""
+        evaluate = getattr(self.inner_env, "_eval_predicate", None)
+        if evaluate is None:
+            return None
+        try:
+            return bool(evaluate(predicate))
+        except Exception:  # noqa: BLE001 - unknown predicate kinds are reported as unknown, not fatal
+            return None
 
     def _body_geoms(self, body_id: int) -> np.ndarray:
         """Geom ids of a body and its descendants (cached: the model does not change between episodes)."""

@@ -90,30 +90,38 @@ class ScriptedExpertPolicy(LiberoPolicy):
         self._grasp_offset_xy = np.zeros(2)  # grasp point relative to the object's centre
         self._grasp_offset_z = 0.0  # eef height minus object bottom at grasp time
         self._rest_bottom = 0.0  # object bottom height before lifting
+        self._rim_grasp = False  # wide objects (bowls, plates) are grasped by the rim
+        self._current_goal: tuple[str, str, str] | None = None
 
     # ------------------------------------------------------------------ goal parsing
     @staticmethod
     def _goal(privileged: dict[str, Any]) -> tuple[str, str, str]:
-        for predicate in privileged["goal"]:
-            if len(predicate) == 3 and predicate[0].lower() in ("in", "on"):
-                return predicate[0].lower(), predicate[1], predicate[2]
-        raise ValueError(
-            f"The scripted expert handles (In obj region) / (On obj target) goals; got {privileged['goal']}"
-        )
+        """The first (In obj region) / (On obj target) goal predicate that does not hold yet."""
+        goals = privileged["goal"]
+        holds = privileged.get("goal_satisfied") or [None] * len(goals)
+        candidates = [
+            (predicate, done)
+            for predicate, done in zip(goals, holds)
+            if len(predicate) == 3 and predicate[0].lower() in ("in", "on")
+        ]
+        if not candidates:
+            raise ValueError(f"The scripted expert handles (In obj region) / (On obj target) goals; got {goals}")
+        predicate = next((p for p, done in candidates if not done), candidates[-1][0])
+        return predicate[0].lower(), predicate[1], predicate[2]
 
     @staticmethod
     def _target_xy_top(privileged: dict[str, Any], target: str) -> tuple[np.ndarray, float]:
-        """Where to release: the target's centre (x, y) and its top height."""
+        """Where to release: the target's centre (x, y) and the height of its top (or of its region)."""
         objects, regions = privileged["objects"], privileged["regions"]
         if target in regions:
-            owner = next((name for name in objects if target.startswith(name + "_")), None)
-            xy = regions[target]["pos"][:2]
-            top = objects[owner]["aabb_max"][2] if owner else regions[target]["pos"][2]
-            if owner:  # centre of the receptacle: regions can be offset from it by their own placement
+            owners = [name for name in objects if target.startswith(name + "_")]
+            owner = max(owners, key=len) if owners else None
+            if owner is not None and not objects[owner].get("fixture", False):
+                # A movable receptacle (basket, bowl): its centre and rim, wherever it has been pushed.
                 box = objects[owner]
-                center = (box["aabb_min"][:2] + box["aabb_max"][:2]) / 2
-                xy = center
-            return np.array(xy), float(top)
+                return (box["aabb_min"][:2] + box["aabb_max"][:2]) / 2, float(box["aabb_max"][2])
+            region = regions[target]
+            return np.array(region["pos"][:2]), float(region["pos"][2])
         if target in objects:
             box = objects[target]
             return (box["aabb_min"][:2] + box["aabb_max"][:2]) / 2, float(box["aabb_max"][2])
@@ -134,7 +142,11 @@ class ScriptedExpertPolicy(LiberoPolicy):
         narrow_dir = rot[:, narrow]
         long_dir = rot[:, long][:2] / (np.linalg.norm(rot[:, long][:2]) + 1e-9)
         base_yaw = float(np.arctan2(narrow_dir[1], narrow_dir[0]))
-        if elongated:
+        self._rim_grasp = half[narrow] > 0.035  # wider than the open fingers: take the rim
+        if self._rim_grasp:
+            yaws = [base_yaw + k * np.pi / 4 for k in range(8)]
+            slides = [0.0]
+        elif elongated:
             yaws = [base_yaw]
             slide_limit = max(0.0, half[long] - 0.02)
             slides = [s for s in (0.0, 0.012, -0.012, 0.024, -0.024) if abs(s) <= slide_limit]
@@ -150,10 +162,14 @@ class ScriptedExpertPolicy(LiberoPolicy):
         for yaw in yaws:
             finger_dir = np.array([np.cos(yaw), np.sin(yaw)])
             for slide in slides:
-                offset = slide * long_dir if elongated else np.zeros(2)
+                if self._rim_grasp:
+                    offset = (half[narrow] - 0.012) * finger_dir
+                    reach = 0.03
+                else:
+                    offset = slide * long_dir if elongated else np.zeros(2)
+                    reach = half[narrow] + 0.02
                 center = (box["aabb_min"][:2] + box["aabb_max"][:2]) / 2 + offset
                 # Finger pads just outside the object at fingertip height, hand ends 5 cm higher.
-                reach = half[narrow] + 0.02
                 probes = [(center + sign * reach * finger_dir, grasp_z) for sign in (-1, 1)]
                 probes += [(center + sign * 0.09 * finger_dir, grasp_z + 0.05) for sign in (-1, 1)]
                 clearance = 0.1
@@ -197,7 +213,13 @@ class ScriptedExpertPolicy(LiberoPolicy):
         if "privileged" not in observation:
             raise KeyError("ScriptedExpertPolicy needs observation['privileged']: create LiberoEnv(privileged=True)")
         priv = observation["privileged"]
-        _, obj_name, target = self._goal(priv)
+        goal_predicate = self._goal(priv)
+        if goal_predicate != self._current_goal:
+            if self._current_goal is not None:  # previous goal done: start on the next object
+                self._set_phase("approach")
+                self.attempts = 0
+            self._current_goal = goal_predicate
+        _, obj_name, target = goal_predicate
         eef = np.asarray(priv["eef_pos"], dtype=np.float64)
         eef_rot = _quat_xyzw_to_mat(np.asarray(priv["eef_quat_xyzw"], dtype=np.float64))
         if self._down_rot is None:
@@ -216,6 +238,8 @@ class ScriptedExpertPolicy(LiberoPolicy):
                 self._grasp_yaw, self._grasp_offset_xy = self._plan_grasp(priv, obj_name, grasp_z)
             grasp_xy = obj_center[:2] + self._grasp_offset_xy
             goal = np.array([grasp_xy[0], grasp_xy[1], obj_top + self.approach_height])
+            if np.linalg.norm(goal[:2] - eef[:2]) > 0.03:
+                goal[2] = max(goal[2], eef[2])  # travel at height, descend only above the object
             yaw_error = np.linalg.norm(_rotation_vector(self._desired_rot() @ eef_rot.T))
             if (np.linalg.norm(goal[:2] - eef[:2]) < 0.01 and abs(goal[2] - eef[2]) < 0.03 and yaw_error < 0.1) or (
                 self.phase_steps > 60
@@ -223,6 +247,8 @@ class ScriptedExpertPolicy(LiberoPolicy):
                 self._set_phase("descend")
             return self._move(eef, eef_rot, goal, -1.0)
 
+        if self._rim_grasp:
+            grasp_z = obj_top - 0.02
         if self.phase == "descend":
             grasp_xy = obj_center[:2] + self._grasp_offset_xy
             goal = np.array([grasp_xy[0], grasp_xy[1], grasp_z])
@@ -242,20 +268,25 @@ class ScriptedExpertPolicy(LiberoPolicy):
         if self.phase == "lift":
             goal = np.array([eef[0], eef[1], carry_z])
             if eef[2] > carry_z - 0.02 or self.phase_steps > 60:
-                self._set_phase("carry" if self._holding(obj_center, obj_bottom, eef, finger_gap) else "regrasp")
+                self._set_phase(
+                    "carry"
+                    if self._holding(obj_center[:2] + self._grasp_offset_xy, obj_bottom, eef, finger_gap)
+                    else "regrasp"
+                )
             return self._move(eef, eef_rot, goal, 1.0)
 
+        place_xy = target_xy + self._grasp_offset_xy  # the object's centre, not the gripper, over the target
         if self.phase == "carry":
-            goal = np.array([target_xy[0], target_xy[1], carry_z])
+            goal = np.array([place_xy[0], place_xy[1], carry_z])
             if np.linalg.norm(goal[:2] - eef[:2]) < 0.015 or self.phase_steps > 100:
                 self._set_phase("lower")
-            if not self._holding(obj_center, obj_bottom, eef, finger_gap):
+            if not self._holding(obj_center[:2] + self._grasp_offset_xy, obj_bottom, eef, finger_gap):
                 self._set_phase("regrasp")
             return self._move(eef, eef_rot, goal, 1.0)
 
         if self.phase == "lower":
             release_z = target_top + 0.01 + self._grasp_offset_z
-            goal = np.array([target_xy[0], target_xy[1], release_z])
+            goal = np.array([place_xy[0], place_xy[1], release_z])
             if eef[2] < release_z + 0.015 or self.phase_steps > 40:
                 self._set_phase("release")
             return self._move(eef, eef_rot, goal, 1.0)
@@ -277,8 +308,8 @@ class ScriptedExpertPolicy(LiberoPolicy):
         goal = np.array([eef[0], eef[1], carry_z + 0.05])
         return self._move(eef, eef_rot, goal, -1.0)
 
-    def _holding(self, obj_center: np.ndarray, obj_bottom: float, eef: np.ndarray, finger_gap: float) -> bool:
+    def _holding(self, grasp_xy: np.ndarray, obj_bottom: float, eef: np.ndarray, finger_gap: float) -> bool:
         """The object is between the fingers: near the gripper, off its resting height, fingers not shut."""
-        near = np.linalg.norm(obj_center[:2] - eef[:2]) < 0.05
+        near = np.linalg.norm(grasp_xy - eef[:2]) < 0.05
         lifted = obj_bottom > self._rest_bottom + 0.02
         return bool(near and lifted and finger_gap > 0.002)
