@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `peft_ck
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import bench_bank, bench_context_reuse, bench_early_exit, bench_lora, bench_params, bench_scaling
+from benchmarks.harness import clock_name
 from benchmarks.result import BenchmarkResult
 from benchmarks.sizes import profile_for
 
@@ -58,6 +59,7 @@ def machine_description(device: torch.device) -> dict[str, Any]:
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "clock": clock_name(device),
     }
     if hasattr(os, "getloadavg"):  # other work on a shared machine inflates (and adds noise to) the timings
         info["load_average_at_start"] = os.getloadavg()
@@ -159,11 +161,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--json", type=Path, default=None, help="where to write the results")
     parser.add_argument("--only", nargs="+", default=None, help=f"a subset of {list(BENCHMARKS)}")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default on CPU: 1)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda was asked for, but torch sees no CUDA device.")
+    if device.type == "cpu":
+        # One thread by default: on a shared machine a second thread often waits at every parallel region for a
+        # core that another process holds (measured: 1 thread 4x faster than 2 under load, and far steadier).
+        torch.set_num_threads(args.threads or 1)
+    elif args.threads:
+        torch.set_num_threads(args.threads)
     payload = run(device, quick=args.quick, tiny=args.tiny, only=args.only)
     print(payload["table"])
     if args.json is not None:

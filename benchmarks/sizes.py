@@ -102,7 +102,7 @@ PROFILES: dict[str, Sizes] = {
     "quick": Sizes(
         name="quick",
         bank_batch=4,
-        bank_tokens=128,
+        bank_tokens=256,
         teacher_heads=4,
         teacher_head_dim=64,
         teacher_ffn=1024,
