@@ -49,8 +49,12 @@ def forced_attention(absorbed: bool) -> Iterator[None]:
 
 def run(sizes: Sizes, device: torch.device) -> BenchmarkResult:
     bank = paper_bank(device, width_divisor=sizes.scaling_width_divisor if sizes.name == "tiny" else 1)
+    # Training mode (dropout on) but no router noise: every repeat, sparse and dense, sees the same routing.
+    bank.router.noise = False
     features = torch.randn(sizes.bank_batch, sizes.bank_tokens, bank.teacher_hidden_size, device=device)
     num_experts, top_k = bank.num_experts, bank.router.top_k
+    with torch.no_grad():
+        distinct_experts = int(bank.router(features)[1].unique().numel())
 
     pair = time_pair(
         lambda: bank_step(bank, features, dense=True),
@@ -92,6 +96,10 @@ def run(sizes: Sizes, device: torch.device) -> BenchmarkResult:
         "num_experts": num_experts,
         "top_k": top_k,
         "ideal_ratio": ideal,
+        "distinct_experts_used": distinct_experts,
+        # each expert that runs reads its weights (forward and backward) and writes their gradients, however few
+        # tokens it sees: where that traffic dominates (few tokens), time follows this ratio instead of the FLOPs
+        "weights_touched_ratio": (1 + distinct_experts) / (1 + num_experts),
         "dense_seconds": pair.a_seconds,
         "sparse_seconds": pair.b_seconds,
         "timings": pair.as_dict(),
@@ -110,6 +118,10 @@ def run(sizes: Sizes, device: torch.device) -> BenchmarkResult:
             ratio <= SPARSE_VS_DENSE_TARGET,
         ),
         Row("bank fwd+bwd: sparse / dense FLOPs", flops_sparse / flops_dense, f"ideal {ideal:.3f}"),
+        Row(
+            f"bank: sparse / dense weights touched ({distinct_experts} of {num_experts} experts)",
+            (1 + distinct_experts) / (1 + num_experts),
+        ),
         Row("bank fwd+bwd: dense", pair.a_seconds, unit="s"),
         Row("bank fwd+bwd: sparse", pair.b_seconds, unit="s"),
         Row("LQCA absorbed / projected (sparse bank FLOPs)", flops_sparse / flops_projected),

@@ -167,13 +167,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda was asked for, but torch sees no CUDA device.")
-    if device.type == "cpu":
-        # One thread by default: on a shared machine a second thread often waits at every parallel region for a
-        # core that another process holds (measured: 1 thread 4x faster than 2 under load, and far steadier).
-        torch.set_num_threads(args.threads or 1)
-    elif args.threads:
-        torch.set_num_threads(args.threads)
-    payload = run(device, quick=args.quick, tiny=args.tiny, only=args.only)
+    threads = torch.get_num_threads()
+    # One CPU thread by default: on a shared machine a second thread often waits at every parallel region for a
+    # core that another process holds (measured: 1 thread 4x faster than 2 under load, and far steadier).
+    torch.set_num_threads(args.threads or (1 if device.type == "cpu" else threads))
+    try:
+        payload = run(device, quick=args.quick, tiny=args.tiny, only=args.only)
+    finally:
+        torch.set_num_threads(threads)
     print(payload["table"])
     if args.json is not None:
         write_json_atomic(args.json, payload)

@@ -245,7 +245,8 @@ class CKTAdapterBank(nn.Module):
         Exactly one host-device sync per call: the group sizes, which the experts' kernels need to be launched
         with the right shapes (a sync-free dispatch would have to run every expert on a fixed capacity, i.e.
         dense work, or stack all M experts' weights per call). The bank runs once per observation (not per
-        denoising step) and the sync only waits for the router, which is needed next anyway.
+        denoising step); the sync drains the queued work up to the router, and costs one kernel-launch gap before
+        the experts' kernels are queued again.
         Under `torch.compile` the sizes become symbolic (set `torch._dynamo.config.capture_scalar_outputs = True`
         for a single graph); experts with no sample then run on 0 rows instead of being skipped.
         """

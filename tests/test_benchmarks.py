@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import run_all  # noqa: E402
-from benchmarks.bench_scaling import fitted_exponent  # noqa: E402
+from benchmarks.bench_scaling import fitted_exponent, growth_order  # noqa: E402
 from benchmarks.harness import SavedTensorMeter, time_pair  # noqa: E402
 
 NUMERIC_KEYS = (
@@ -78,6 +78,13 @@ def test_saved_tensor_meter_counts_activations_once_and_not_parameters():
     assert meter.bytes == 2 * 10 * 100 * 4
 
 
-def test_fitted_exponent():
+def test_fitted_exponent_and_growth_order():
     assert fitted_exponent([1, 2, 4, 8], [3, 6, 12, 24]) == pytest.approx(1.0)
     assert fitted_exponent([1, 2, 4], [1, 4, 16]) == pytest.approx(2.0)
+    tokens = [128, 256, 512, 1024]
+    # a fixed cost plus a cost per token is linear growth, though its log-log slope is below 1
+    affine = [5000 + 3 * n for n in tokens]
+    assert fitted_exponent(tokens, affine) < 0.5
+    assert growth_order(tokens, affine) == pytest.approx(1.0)
+    assert growth_order(tokens, [100 + n * n for n in tokens]) == pytest.approx(2.0, abs=0.05)
+    assert math.isnan(growth_order(tokens, [1.0, 0.9, 2.0, 3.0]))  # noise: a negative marginal cost
