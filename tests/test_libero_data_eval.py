@@ -220,3 +220,19 @@ def test_eval_libero_cli_policy_folder_under_perturbation(tmp_path):
     with imageio.get_reader(str(videos[0]), format="ffmpeg") as reader:
         frames = [f for f in reader]
     assert len(frames) == 6 and frames[0].shape == (32, 32, 3)  # 5 steps + the final frame
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--perturbation", "fog"], "Unknown perturbation 'fog'"),
+        (["--tasks", "12"], "libero_object has tasks 0..9"),
+        (["--policy", "no/such/folder"], "policy folder with config.json"),
+    ],
+)
+def test_eval_libero_cli_rejects_bad_arguments(tmp_path, args, message):
+    from peft_ckt.commands import main
+
+    with pytest.raises(SystemExit, match=message):
+        main(["eval-libero", "--suite", "libero_object", "--output", str(tmp_path / "out"), *args])
+    assert not (tmp_path / "out").exists()  # nothing written before the arguments are valid

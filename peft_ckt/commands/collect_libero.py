@@ -38,27 +38,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peft_ckt.libero.runtime import libero_import_error
+    from peft_ckt.libero.runtime import LiberoConfigError, libero_import_error
 
     reason = libero_import_error()
     if reason is not None:
         raise SystemExit(f"collect-libero: {reason}")
     from peft_ckt.libero.collect import collect_demonstrations
 
-    summary = collect_demonstrations(
-        suite=args.suite,
-        output_dir=args.output,
-        tasks=args.tasks,
-        episodes=args.episodes,
-        perturbation=args.perturbation,
-        severity=args.severity,
-        image_size=args.image_size,
-        num_workers=args.workers,
-        seed=args.seed,
-        keep_failures=args.keep_failures,
-        max_steps=args.max_steps,
-        init_offset=args.init_offset,
-        progress=not args.no_progress,
-    )
+    try:
+        summary = collect_demonstrations(
+            suite=args.suite,
+            output_dir=args.output,
+            tasks=args.tasks,
+            episodes=args.episodes,
+            perturbation=args.perturbation,
+            severity=args.severity,
+            image_size=args.image_size,
+            num_workers=args.workers,
+            seed=args.seed,
+            keep_failures=args.keep_failures,
+            max_steps=args.max_steps,
+            init_offset=args.init_offset,
+            progress=not args.no_progress,
+        )
+    except LiberoConfigError as err:
+        raise SystemExit(f"collect-libero: error: {err}") from err
     print(json.dumps(summary, indent=2))
     return 0

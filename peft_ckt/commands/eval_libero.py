@@ -50,29 +50,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peft_ckt.libero.runtime import libero_import_error
+    from peft_ckt.libero.runtime import LiberoConfigError, libero_import_error
 
     reason = libero_import_error()
     if reason is not None:
         raise SystemExit(f"eval-libero: {reason}")
     from peft_ckt.libero.evaluation import evaluate_libero, markdown_report
 
-    results = evaluate_libero(
-        suite=args.suite,
-        output_dir=args.output,
-        policy=args.policy,
-        tasks=args.tasks,
-        episodes=args.episodes,
-        perturbation=args.perturbation,
-        severity=args.severity,
-        num_workers=args.workers,
-        video=args.video,
-        image_size=args.image_size,
-        seed=args.seed,
-        max_steps=args.max_steps,
-        init_offset=args.init_offset,
-        progress=not args.no_progress,
-    )
+    try:
+        results = evaluate_libero(
+            suite=args.suite,
+            output_dir=args.output,
+            policy=args.policy,
+            tasks=args.tasks,
+            episodes=args.episodes,
+            perturbation=args.perturbation,
+            severity=args.severity,
+            num_workers=args.workers,
+            video=args.video,
+            image_size=args.image_size,
+            seed=args.seed,
+            max_steps=args.max_steps,
+            init_offset=args.init_offset,
+            progress=not args.no_progress,
+        )
+    except LiberoConfigError as err:
+        raise SystemExit(f"eval-libero: error: {err}") from err
     print(markdown_report(results))
     print(f"Wrote {args.output}/results.json, results.md, success_rates.png")
     return 0

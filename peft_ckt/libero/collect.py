@@ -17,6 +17,7 @@ import numpy as np
 
 from .parallel import cached_env, cached_policy, default_num_workers, run_jobs
 from .perturbations import Perturbation, expand_perturbations
+from .runtime import LiberoConfigError
 
 
 @dataclass(frozen=True)
@@ -118,15 +119,24 @@ def collect_demonstrations(
     from .env import CAMERAS
     from .suites import num_tasks
 
-    kinds = expand_perturbations(perturbation)
-    task_ids = list(range(num_tasks(suite))) if not tasks else list(tasks)
+    try:
+        kinds = expand_perturbations(perturbation)
+        Perturbation("none", severity)
+        total = num_tasks(suite)
+        task_ids = list(range(total)) if not tasks else list(tasks)
+        if any(not 0 <= t < total for t in task_ids):
+            raise ValueError(f"{suite} has tasks 0..{total - 1}; got {task_ids}")
+        if episodes < 1:
+            raise ValueError(f"episodes must be >= 1; got {episodes}")
+        writer = LeRobotDatasetWriter(output_dir, image_keys=tuple(CAMERAS), image_size=(image_size, image_size))
+    except (ValueError, FileExistsError) as err:
+        raise LiberoConfigError(str(err)) from err
     jobs = [
         CollectJob(suite, t, (init_offset + k) % 50, kind, severity, image_size, seed, keep_failures, max_steps)
         for t in task_ids
         for kind in kinds
         for k in range(episodes)
     ]
-    writer = LeRobotDatasetWriter(output_dir, image_keys=tuple(CAMERAS), image_size=(image_size, image_size))
     workers = default_num_workers(len(jobs)) if num_workers is None else num_workers
     attempted = kept = 0
     physics_steps = physics_seconds = render_frames = render_seconds = 0.0

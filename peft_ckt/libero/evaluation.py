@@ -13,6 +13,7 @@ import numpy as np
 
 from .parallel import cached_env, cached_policy, default_num_workers, run_jobs
 from .perturbations import LIBERO_PLUS_COLUMNS, PERTURBATIONS, Perturbation, expand_perturbations
+from .runtime import LiberoConfigError
 
 
 @dataclass(frozen=True)
@@ -258,20 +259,23 @@ def evaluate_libero(
     """
     from .suites import SUITE_MAX_STEPS, num_tasks
 
-    if suite not in SUITE_MAX_STEPS:
-        raise ValueError(f"Unknown suite {suite!r}; expected one of {', '.join(SUITE_MAX_STEPS)}")
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1; got {episodes}")
-    kinds = expand_perturbations(perturbation)
-    Perturbation("none", severity)  # validates the severity
-    task_ids = list(range(num_tasks(suite))) if not tasks else list(tasks)
-    total_tasks = num_tasks(suite)
-    bad = [t for t in task_ids if not 0 <= t < total_tasks]
-    if bad:
-        raise ValueError(f"{suite} has tasks 0..{total_tasks - 1}; got {bad}")
-    policy_spec = str(policy) if str(policy) == "scripted" else str(Path(policy).resolve())
-    if policy_spec != "scripted" and not (Path(policy_spec) / "config.json").is_file():
-        raise FileNotFoundError(f"--policy must be 'scripted' or a policy folder with config.json; got {policy}")
+    try:
+        if suite not in SUITE_MAX_STEPS:
+            raise ValueError(f"Unknown suite {suite!r}; expected one of {', '.join(SUITE_MAX_STEPS)}")
+        if episodes < 1:
+            raise ValueError(f"episodes must be >= 1; got {episodes}")
+        kinds = expand_perturbations(perturbation)
+        Perturbation("none", severity)  # validates the severity
+        task_ids = list(range(num_tasks(suite))) if not tasks else list(tasks)
+        total_tasks = num_tasks(suite)
+        bad = [t for t in task_ids if not 0 <= t < total_tasks]
+        if bad:
+            raise ValueError(f"{suite} has tasks 0..{total_tasks - 1}; got {bad}")
+        policy_spec = str(policy) if str(policy) == "scripted" else str(Path(policy).resolve())
+        if policy_spec != "scripted" and not (Path(policy_spec) / "config.json").is_file():
+            raise FileNotFoundError(f"--policy must be 'scripted' or a policy folder with config.json; got {policy}")
+    except (ValueError, FileNotFoundError) as err:
+        raise LiberoConfigError(str(err)) from err
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -275,7 +275,8 @@ class ScriptedExpertPolicy(LiberoPolicy):
                 )
             return self._move(eef, eef_rot, goal, 1.0)
 
-        place_xy = target_xy + self._grasp_offset_xy  # the object's centre, not the gripper, over the target
+        # Bring the object's centre, not the gripper, over the target (measured live: objects shift in the grasp).
+        place_xy = target_xy + (eef[:2] - obj_center[:2])
         if self.phase == "carry":
             goal = np.array([place_xy[0], place_xy[1], carry_z])
             if np.linalg.norm(goal[:2] - eef[:2]) < 0.015 or self.phase_steps > 100:

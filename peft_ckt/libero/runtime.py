@@ -24,6 +24,10 @@ class LiberoUnavailableError(ImportError):
     """Raised when the `libero` extra (hf-libero, its assets, robosuite, mujoco) is not importable."""
 
 
+class LiberoConfigError(ValueError):
+    """Invalid evaluation / collection arguments (raised before any episode runs)."""
+
+
 @dataclass(frozen=True)
 class LiberoPaths:
     """Where LIBERO's files live once configured."""
