@@ -1,8 +1,9 @@
 """Sparse experts against the dense reference, at the paper's widths; and the absorbed LQCA against the projected one.
 
-The bank runs forward+backward in training mode (dropout, router noise), as in a training step. Sparse: each
-sample runs the generalized adapter and its top-k specialized adapters (`1 + k` branches); dense: all `1 + M`.
-The ideal time ratio is therefore `(1 + k) / (1 + M)` = 3/9 at the paper's M=8, top-2.
+The bank runs forward+backward in training mode (dropout), as in a training step, with a balanced routing (see
+`use_balanced_routing`). Sparse: each sample runs the generalized adapter and its top-k specialized adapters
+(`1 + k` branches); dense: all `1 + M`. The ideal time ratio is therefore `(1 + k) / (1 + M)` = 3/9 at the paper's
+M=8, top-2.
 """
 
 from __future__ import annotations
@@ -30,6 +31,29 @@ def bank_step(bank: CKTAdapterBank, features: torch.Tensor, dense: bool) -> None
         param.grad = None
 
 
+def use_balanced_routing(bank: CKTAdapterBank) -> None:
+    """Makes the bank's router (which still runs, at its full cost) hand out a fixed balanced assignment: sample
+    `b` goes to experts `b*k, ..., b*k + k-1` (mod M), weighted by their renormalised router probabilities.
+
+    Every expert is in use as soon as `B*k >= M`: what a load-balanced router aims at, and the least favourable
+    case for sparse dispatch (every expert's weights are read and get a gradient). An untrained router on random
+    features sends most samples to the same few experts, which would flatter the sparse side. The same routing
+    every call also makes sparse, dense and every repeat do the same work.
+    """
+    router = bank.router
+    compute = router.forward
+
+    def balanced(teacher_features: torch.Tensor):
+        probs, _, _ = compute(teacher_features)
+        batch, top_k, num_experts = teacher_features.shape[0], router.top_k, probs.shape[-1]
+        slots = torch.arange(batch, device=probs.device)[:, None] * top_k + torch.arange(top_k, device=probs.device)
+        indices = slots % num_experts
+        weights = probs.gather(1, indices)
+        return probs, indices, weights / weights.sum(-1, keepdim=True)
+
+    router.forward = balanced
+
+
 def count_flops(fn) -> int:
     with FlopCounterMode(display=False) as counter:
         fn()
@@ -49,8 +73,7 @@ def forced_attention(absorbed: bool) -> Iterator[None]:
 
 def run(sizes: Sizes, device: torch.device) -> BenchmarkResult:
     bank = paper_bank(device, width_divisor=sizes.scaling_width_divisor if sizes.name == "tiny" else 1)
-    # Training mode (dropout on) but no router noise: every repeat, sparse and dense, sees the same routing.
-    bank.router.noise = False
+    use_balanced_routing(bank)
     features = torch.randn(sizes.bank_batch, sizes.bank_tokens, bank.teacher_hidden_size, device=device)
     num_experts, top_k = bank.num_experts, bank.router.top_k
     with torch.no_grad():

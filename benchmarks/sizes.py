@@ -101,7 +101,7 @@ PROFILES: dict[str, Sizes] = {
     # 2 CPU cores, a few minutes
     "quick": Sizes(
         name="quick",
-        bank_batch=4,
+        bank_batch=8,
         bank_tokens=256,
         teacher_heads=4,
         teacher_head_dim=64,
@@ -124,7 +124,7 @@ PROFILES: dict[str, Sizes] = {
     # a full CPU run (~15 minutes on 2 cores)
     "cpu": Sizes(
         name="cpu",
-        bank_batch=4,
+        bank_batch=8,
         bank_tokens=512,
         teacher_heads=4,
         teacher_head_dim=64,
