@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from .bench_bank import count_flops
+from .bench_bank import count_flops, use_balanced_routing
 from .harness import forward_backward_memory, time_one
 from .result import BenchmarkResult, Row
 from .sizes import Sizes, paper_bank
@@ -50,6 +50,7 @@ def linear_fit_r2(xs: list[float], ys: list[float]) -> float:
 
 def run(sizes: Sizes, device: torch.device) -> BenchmarkResult:
     bank = paper_bank(device, width_divisor=sizes.scaling_width_divisor).eval()  # no dropout/noise: repeatable
+    use_balanced_routing(bank)  # the experts in use grow with B as a balanced router's would
     d_t, d_s = bank.teacher_hidden_size, bank.student_hidden_size
     lqca = bank.generalized.cross_attention
 
