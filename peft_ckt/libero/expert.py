@@ -142,7 +142,9 @@ class ScriptedExpertPolicy(LiberoPolicy):
         narrow_dir = rot[:, narrow]
         long_dir = rot[:, long][:2] / (np.linalg.norm(rot[:, long][:2]) + 1e-9)
         base_yaw = float(np.arctan2(narrow_dir[1], narrow_dir[0]))
-        self._rim_grasp = half[narrow] > 0.035  # wider than the open fingers: take the rim
+        # Wide and flat (bowls, plates: wider than the open fingers): take the rim. Cans and bottles are tall.
+        width, height = 2 * half[narrow], float(box["aabb_max"][2] - box["aabb_min"][2])
+        self._rim_grasp = width > 0.075 and height < 0.6 * width
         if self._rim_grasp:
             yaws = [base_yaw + k * np.pi / 4 for k in range(8)]
             slides = [0.0]
