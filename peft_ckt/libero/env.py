@@ -98,6 +98,7 @@ class LiberoEnv:
             camera_widths=width,
             use_camera_obs=False,
             hard_reset=False,
+            horizon=self.max_steps + num_settle_steps + 10,  # robosuite refuses steps past its own horizon
         )
         self._env.seed(seed)
         self._env.reset()
