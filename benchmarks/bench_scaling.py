@@ -71,7 +71,7 @@ def run(sizes: Sizes, device: torch.device) -> BenchmarkResult:
         return step
 
     def measure(step, params) -> dict[str, float]:
-        seconds = time_one(step, device, warmup=max(sizes.warmup, 1), repeats=sizes.repeats)
+        seconds = time_one(step, device, warmup=max(sizes.warmup, 1), repeats=max(sizes.repeats, 5))
         return {
             "seconds": seconds,
             "flops": count_flops(step),
