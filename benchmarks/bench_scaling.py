@@ -12,10 +12,12 @@ import math
 
 import torch
 
+from peft_ckt.layer import LearnableQueryCrossAttention
+
 from .bench_bank import count_flops, use_balanced_routing
 from .harness import forward_backward_memory, time_one
 from .result import BenchmarkResult, Row
-from .sizes import Sizes, paper_bank
+from .sizes import PAPER_STUDENT_WIDTH, Sizes, paper_bank
 
 
 def fitted_exponent(xs: list[float], ys: list[float]) -> float:
@@ -52,7 +54,9 @@ def run(sizes: Sizes, device: torch.device) -> BenchmarkResult:
     bank = paper_bank(device, width_divisor=sizes.scaling_width_divisor).eval()  # no dropout/noise: repeatable
     use_balanced_routing(bank)  # the experts in use grow with B as a balanced router's would
     d_t, d_s = bank.teacher_hidden_size, bank.student_hidden_size
-    lqca = bank.generalized.cross_attention
+    # The LQCA alone at the paper's student width (d_s=2048, K=32, 8 heads): cheap enough at every size.
+    lqca = LearnableQueryCrossAttention(PAPER_STUDENT_WIDTH // sizes.lqca_width_divisor, 32, 8).to(device)
+    lqca_width = lqca.queries.shape[1]
 
     def bank_step(features: torch.Tensor):
         def step() -> None:
@@ -83,7 +87,7 @@ def run(sizes: Sizes, device: torch.device) -> BenchmarkResult:
     for tokens in sizes.scaling_tokens:
         features = torch.randn(batch, tokens, d_t, device=device)
         by_tokens.append({"tokens": tokens, "batch": batch, **measure(bank_step(features), bank.parameters())})
-        projected = torch.randn(batch, tokens, d_s, device=device, requires_grad=True)
+        projected = torch.randn(batch, tokens, lqca_width, device=device, requires_grad=True)
         lqca_by_tokens.append(
             {
                 "tokens": tokens,
@@ -112,7 +116,7 @@ def run(sizes: Sizes, device: torch.device) -> BenchmarkResult:
     result = BenchmarkResult("scaling")
     result.metrics = {
         "scaling": {
-            "widths": {"d_t": d_t, "d_s": d_s},
+            "widths": {"d_t": d_t, "d_s": d_s, "lqca_d_s": lqca_width},
             "bank_by_tokens": by_tokens,
             "bank_by_batch": by_batch,
             "lqca_by_tokens": lqca_by_tokens,

@@ -52,6 +52,7 @@ class Sizes:
     scaling_fixed_tokens: int = 128
     scaling_fixed_batch: int = 2
     scaling_width_divisor: int = 1
+    lqca_width_divisor: int = 1  # the LQCA sweep runs at the paper's d_s=2048 divided by this
     compare_attention_time: bool = True  # also time the sparse bank with the projected (pre-absorption) attention
     warmup: int = 1
     repeats: int = 5
@@ -95,6 +96,7 @@ PROFILES: dict[str, Sizes] = {
         scaling_fixed_tokens=8,
         scaling_fixed_batch=1,
         scaling_width_divisor=64,
+        lqca_width_divisor=64,
         warmup=0,
         repeats=1,
     ),
