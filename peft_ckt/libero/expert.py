@@ -190,9 +190,12 @@ class ScriptedExpertPolicy(LiberoPolicy):
         return _wrap_half_turn(yaw - np.pi / 2), offset
 
     # ------------------------------------------------------------------ control
-    def _move(self, eef: np.ndarray, eef_rot: np.ndarray, target: np.ndarray, gripper: float) -> np.ndarray:
+    def _move(
+        self, eef: np.ndarray, eef_rot: np.ndarray, target: np.ndarray, gripper: float, max_action: float | None = None
+    ) -> np.ndarray:
         action = np.zeros(7, dtype=np.float32)
-        delta = np.clip(self.gain * (target - eef), -self.max_action, self.max_action)
+        limit = self.max_action if max_action is None else max_action
+        delta = np.clip(self.gain * (target - eef), -limit, limit)
         action[:3] = delta
         # Orientation: gripper down, fingers closing along the grasp yaw.
         desired = self._desired_rot()
@@ -266,7 +269,8 @@ class ScriptedExpertPolicy(LiberoPolicy):
                 self._set_phase("lift")
             return self._move(eef, eef_rot, goal, 1.0)
 
-        carry_z = target_top + self.carry_clearance + self._grasp_offset_z
+        # Carry above the target, and in any case well above where the object rested (it may start higher).
+        carry_z = max(target_top + self.carry_clearance, self._rest_bottom + 0.08) + self._grasp_offset_z
         if self.phase == "lift":
             goal = np.array([eef[0], eef[1], carry_z])
             if eef[2] > carry_z - 0.02 or self.phase_steps > 60:
@@ -285,7 +289,7 @@ class ScriptedExpertPolicy(LiberoPolicy):
                 self._set_phase("lower")
             if not self._holding(obj_center[:2] + self._grasp_offset_xy, obj_bottom, eef, finger_gap):
                 self._set_phase("regrasp")
-            return self._move(eef, eef_rot, goal, 1.0)
+            return self._move(eef, eef_rot, goal, 1.0, max_action=1.0)  # travel fast, the grasp is checked
 
         if self.phase == "lower":
             release_z = target_top + 0.01 + self._grasp_offset_z
