@@ -11,30 +11,40 @@ Target: overhead <= teacher once + bank once + 5% of the student-alone loop.
 from __future__ import annotations
 
 import statistics
+import time
 
 import torch
 from peft import get_peft_model
 
 import peft_ckt  # noqa: F401  (registers "ckt" with peft)
 
-from .harness import timed
+from .harness import timed, timed_result
 from .result import BenchmarkResult, Row
 from .sizes import Sizes, ckt_config, cosmos_student, student_inputs, teacher_inputs, wan_teacher
 
 ALLOWANCE = 0.05
 
 
-def sampling_loop(call, inputs: dict[str, torch.Tensor], steps: int, **extra) -> torch.Tensor:
-    """Euler steps of a flow-matching sampler: the student predicts a velocity at each step."""
-    latents = inputs["hidden_states"].clone()
-    batch = latents.shape[0]
-    for step in range(steps):
-        timestep = torch.full((batch,), 1.0 - step / steps, device=latents.device)
-        velocity = call(
-            hidden_states=latents, timestep=timestep, encoder_hidden_states=inputs["encoder_hidden_states"], **extra
+class SamplingLoop:
+    """Euler steps of a flow-matching sampler, one `step()` at a time: the student predicts a velocity per step."""
+
+    def __init__(self, call, inputs: dict[str, torch.Tensor], steps: int, **extra):
+        self.call, self.inputs, self.steps, self.extra = call, inputs, steps, extra
+        self.latents = inputs["hidden_states"].clone()
+        self.index = 0
+
+    @torch.no_grad()
+    def step(self) -> None:
+        batch = self.latents.shape[0]
+        timestep = torch.full((batch,), 1.0 - self.index / self.steps, device=self.latents.device)
+        velocity = self.call(
+            hidden_states=self.latents,
+            timestep=timestep,
+            encoder_hidden_states=self.inputs["encoder_hidden_states"],
+            **self.extra,
         ).sample
-        latents = latents - velocity / steps
-    return latents
+        self.latents = self.latents - velocity / self.steps
+        self.index += 1
 
 
 def run(sizes: Sizes, device: torch.device) -> BenchmarkResult:
@@ -45,51 +55,42 @@ def run(sizes: Sizes, device: torch.device) -> BenchmarkResult:
     base = model.get_base_model()
     steps = sizes.sampling_steps
 
-    @torch.no_grad()
-    def alone() -> None:
-        sampling_loop(base, s_inputs, steps)
+    def lockstep(repeat: int) -> dict[str, float]:
+        """Both loops in lockstep: step i of the student alone and step i with CKT run back to back (in
+        alternating order), each loop's time summed on its own. The overhead to measure is a few percent of a
+        loop, less than the drift of a shared machine over one loop; side by side, both loops see the same
+        conditions. With CKT, the teacher (to `l*`) and the bank run once first: `encode_teacher`, in two parts."""
+        start = time.perf_counter()
+        with torch.no_grad():
+            teacher_s, features = timed_result(lambda: model.extract_teacher_features(t_inputs), device)
+            bank_s, context = timed_result(lambda: model.encode_features(features), device)
+        parts = {"alone": 0.0, "ckt": teacher_s + bank_s, "teacher": teacher_s, "bank": bank_s}
+        alone = SamplingLoop(base, s_inputs, steps)
+        with_ckt = SamplingLoop(model, s_inputs, steps, ckt_context=context)
+        for step in range(steps):
+            order = [("alone", alone), ("ckt", with_ckt)]
+            for name, loop in order if (step + repeat) % 2 == 0 else order[::-1]:
+                parts[name] += timed(loop.step, device)
+        parts["wall_seconds"] = time.perf_counter() - start
+        return parts
 
-    @torch.no_grad()
-    def with_ckt() -> None:
-        context = model.encode_teacher(t_inputs)
-        sampling_loop(model, s_inputs, steps, ckt_context=context)
+    for repeat in range(sizes.warmup):
+        lockstep(repeat)
+    runs = [lockstep(repeat) for repeat in range(max(sizes.repeats, 5))]
 
-    features = model.extract_teacher_features(t_inputs)
+    def median(fn) -> float:
+        return statistics.median(fn(run) for run in runs)
 
-    @torch.no_grad()
-    def teacher_once() -> None:
-        model.extract_teacher_features(t_inputs)
-
-    @torch.no_grad()
-    def bank_once() -> None:
-        model.encode_features(features)
-
-    # All four are timed in every repeat (in rotating order), and the overhead and its parts are taken per repeat:
-    # the parts are a few percent of the loop, so they must come from the same moment as the loop they explain.
-    variants = {"alone": alone, "ckt": with_ckt, "teacher": teacher_once, "bank": bank_once}
-    for _ in range(sizes.warmup):
-        for fn in variants.values():
-            fn()
-    repeats = max(sizes.repeats, 5)
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    names = list(variants)
-    for repeat in range(repeats):
-        for name in names[repeat % 4 :] + names[: repeat % 4]:
-            times[name].append(timed(variants[name], device))
-    overheads = [c - a for a, c in zip(times["alone"], times["ckt"])]
-
-    def median_fraction(parts: list[float]) -> float:
-        return statistics.median(part / a for part, a in zip(parts, times["alone"]))
-
-    alone_s, ckt_s = statistics.median(times["alone"]), statistics.median(times["ckt"])
-    teacher_s, bank_s = statistics.median(times["teacher"]), statistics.median(times["bank"])
-    overhead_fraction = median_fraction(overheads)
-    rest_fraction = median_fraction([o - t - b for o, t, b in zip(overheads, times["teacher"], times["bank"])])
-    budget_fraction = median_fraction([t + b for t, b in zip(times["teacher"], times["bank"])]) + ALLOWANCE
-    ratio = statistics.median(c / a for a, c in zip(times["alone"], times["ckt"]))
+    alone_s, ckt_s = median(lambda r: r["alone"]), median(lambda r: r["ckt"])
+    teacher_s, bank_s = median(lambda r: r["teacher"]), median(lambda r: r["bank"])
+    ratio = median(lambda r: r["ckt"] / r["alone"])
+    overhead_fraction = median(lambda r: (r["ckt"] - r["alone"]) / r["alone"])
+    rest_fraction = median(lambda r: (r["ckt"] - r["alone"] - r["teacher"] - r["bank"]) / r["alone"])
+    budget_fraction = median(lambda r: (r["teacher"] + r["bank"]) / r["alone"]) + ALLOWANCE
     overhead_s = overhead_fraction * alone_s
     rest_s = rest_fraction * alone_s
     budget_s = budget_fraction * alone_s
+    times = {key: [run[key] for run in runs] for key in ("alone", "ckt", "teacher", "bank")}
     context_tokens = model.encode_teacher(t_inputs).tokens.shape[1]
 
     def share(part: float) -> float:

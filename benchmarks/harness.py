@@ -47,6 +47,13 @@ def timed(fn: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def timed_result(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    """`(seconds, fn())`, timed like [`timed`]."""
+    box = []
+    seconds = timed(lambda: box.append(fn()), device)
+    return seconds, box[0]
+
+
 @dataclass
 class PairTiming:
     """Median seconds of variants A and B, and the median of the per-repeat ratios B / A."""

@@ -8,7 +8,7 @@ pairing), built from config like `peft_ckt.testing`'s tiny models but wider and 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -56,6 +56,7 @@ class Sizes:
     compare_attention_time: bool = True  # also time the sparse bank with the projected (pre-absorption) attention
     warmup: int = 1
     repeats: int = 5
+    bank_repeats: Optional[int] = None  # repeats of the sparse/dense pair (default: `repeats`)
 
     @property
     def teacher_width(self) -> int:
@@ -104,7 +105,8 @@ PROFILES: dict[str, Sizes] = {
     "quick": Sizes(
         name="quick",
         bank_batch=8,
-        bank_tokens=256,
+        bank_tokens=512,
+        bank_repeats=2,
         teacher_heads=4,
         teacher_head_dim=64,
         teacher_ffn=1024,
