@@ -62,6 +62,9 @@ class CKTConfig(PeftConfig):
             `"embed_tokens"`. Takes precedence over `context_kwarg` when set.
         injection (`"append"` or `"prepend"`):
             `[E_t ; <SEP> ; C_A]` (the paper's choice) or `[C_A ; <SEP> ; E_t]` (natural for causal LMs).
+        modules_to_save (`list[str]`, *optional*):
+            Student modules trained fully and saved with the adapter (as for peft's other methods), e.g. a new
+            classification head.
     """
 
     teacher: Optional[Union[str, Any]] = field(
@@ -117,6 +120,13 @@ class CKTConfig(PeftConfig):
     load_balance_weight: float = field(
         default=0.01, metadata={"help": "Weight of the load-balancing loss L_bal added to the student's loss."}
     )
+    modules_to_save: Optional[list[str]] = field(
+        default=None,
+        metadata={
+            "help": "Student modules trained fully and saved with the adapter besides the CKT weights, e.g. a new "
+            "classification head. `task_type='SEQ_CLS'` adds the usual head names ('classifier', 'score')."
+        },
+    )
     teacher_hidden_size: Optional[int] = field(
         default=None, metadata={"help": "d_t, width of H_T. Inferred from the teacher when None."}
     )
@@ -137,6 +147,10 @@ class CKTConfig(PeftConfig):
 
         if not isinstance(self.teacher_layer, str) or not self.teacher_layer.strip():
             raise ValueError("`teacher_layer` must be the dotted path of a teacher module, e.g. 'blocks.20'.")
+        if isinstance(self.modules_to_save, str):
+            self.modules_to_save = [self.modules_to_save]
+        elif self.modules_to_save is not None:
+            self.modules_to_save = list(self.modules_to_save)
         if isinstance(self.target_modules, (list, tuple, set)):
             self.target_modules = list(self.target_modules)
             if not self.target_modules:

@@ -58,6 +58,31 @@ def concat_context(sequence: torch.Tensor, context: torch.Tensor, injection: str
     return torch.cat(parts, dim=1)
 
 
+def replace_placeholders(sequence: torch.Tensor, context: torch.Tensor, injection: str) -> torch.Tensor:
+    """`[B, L+T, d]` whose first ("prepend") or last ("append") T positions are placeholders -> the same sequence with
+    the context `[B, T, d]` in their place."""
+    count = context.shape[1]
+    if sequence.ndim != 3 or sequence.shape[1] < count:
+        raise ValueError(
+            f"The student's embeddings have shape {tuple(sequence.shape)}; expected [B, L+{count}, d_s] with the "
+            "context placeholders."
+        )
+    kept = sequence[:, count:] if injection == "prepend" else sequence[:, : sequence.shape[1] - count]
+    return concat_context(kept, context, injection)
+
+
+def add_placeholder_ids(input_ids: torch.Tensor, count: int, token_id: int, injection: str) -> torch.Tensor:
+    """`input_ids [B, L]` -> `[B, L+count]` with `count` placeholder ids where the context goes.
+
+    The student then sees token ids as long as its embedded sequence, so whatever it derives from the ids (e.g. the
+    last non-padding token a sequence classifier pools) indexes the extended sequence correctly.
+    """
+    if input_ids.ndim != 2:
+        raise ValueError(f"CKT expects `input_ids` of shape [B, L], got {tuple(input_ids.shape)}.")
+    placeholders = torch.full((input_ids.shape[0], count), token_id, dtype=input_ids.dtype, device=input_ids.device)
+    return torch.cat([placeholders, input_ids] if injection == "prepend" else [input_ids, placeholders], dim=1)
+
+
 def insert_ones(mask: torch.Tensor, count: int, position: int) -> torch.Tensor:
     """Inserts `count` attended positions into a 2D mask `[B, S]` at `position`."""
     if mask.ndim != 2:
@@ -104,6 +129,11 @@ class InjectionRoute:
     module: Optional[nn.Module] = field(default=None, repr=False)
     # Index of `context_kwarg` among the student's positional parameters (to also catch positional calls).
     positional_index: Optional[int] = None
+    # The target module is the student's input embedding (transformers' `get_input_embeddings()`): E_t is then
+    # `inputs_embeds` when the student is called with it, and `input_ids` get placeholders for the context.
+    embeds_input: bool = False
+    input_ids_index: Optional[int] = None
+    placeholder_token_id: int = 0
 
     @property
     def mask_kwargs(self) -> tuple[str, ...]:
@@ -139,10 +169,22 @@ def _find_target_module(student: nn.Module, target_modules: Any) -> tuple[str, n
 
 def resolve_route(student: nn.Module, context_kwarg: Optional[str], target_modules: Any) -> InjectionRoute:
     """Checks that the configured injection point exists on the student and returns it."""
+    parameters = inspect.signature(student.forward).parameters
+    positional = [
+        name
+        for name, p in parameters.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
     if target_modules:
         name, module = _find_target_module(student, target_modules)
-        return InjectionRoute(module_name=name, module=module)
-    parameters = inspect.signature(student.forward).parameters
+        route = InjectionRoute(module_name=name, module=module)
+        if module is _input_embeddings(student) and "inputs_embeds" in parameters:
+            route.embeds_input = True
+            route.input_ids_index = positional.index("input_ids") if "input_ids" in positional else None
+            config = getattr(student, "config", None)
+            pad_token_id = getattr(config, "pad_token_id", None)
+            route.placeholder_token_id = 1 if pad_token_id == 0 else 0
+        return route
     accepts_var_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     if context_kwarg not in parameters and not accepts_var_kwargs:
         raise ValueError(
@@ -150,13 +192,18 @@ def resolve_route(student: nn.Module, context_kwarg: Optional[str], target_modul
             f"its arguments are {list(parameters)}. Set `context_kwarg` to the conditioning argument or "
             "`target_modules` to the module that produces it."
         )
-    positional = [
-        name
-        for name, p in parameters.items()
-        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    ]
     index = positional.index(context_kwarg) if context_kwarg in positional else None
     return InjectionRoute(context_kwarg=context_kwarg, positional_index=index)
+
+
+def _input_embeddings(student: nn.Module) -> Optional[nn.Module]:
+    get_input_embeddings = getattr(student, "get_input_embeddings", None)
+    if get_input_embeddings is None:
+        return None
+    try:
+        return get_input_embeddings()
+    except (NotImplementedError, AttributeError):
+        return None
 
 
 def infer_student_hidden_size(student: nn.Module, route: InjectionRoute) -> Optional[int]:

@@ -7,7 +7,7 @@ Shapes: `B` batch, `N` teacher tokens, `K` query tokens, `M` experts, `k` expert
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,8 @@ class CKTContext:
             `[<SEP> ; C_g ; C_s]` for "append", `[C_g ; C_s ; <SEP>]` for "prepend" (no `<SEP>` when disabled).
         router_probs (`torch.Tensor` `[B, M]`, fp32): router probabilities (after noise, before top-k).
         topk_indices (`torch.Tensor` `[B, k]`): selected specialized adapters per sample.
-        topk_weights (`torch.Tensor` `[B, k]`): their weights, renormalised to sum to 1 per sample.
+        topk_weights (`torch.Tensor` `[B, k]`, fp32): their gates, renormalised to sum to 1 per sample (see
+            [`CKTRouter`]; with `k=1` the value is 1 and the gradient flows to the router probability).
         load_balance_loss (`torch.Tensor` scalar, fp32): unweighted `L_bal = M * sum_m f_m * P_m`.
     """
 
@@ -166,8 +167,15 @@ class CKTBranch(nn.Module):
 class CKTRouter(nn.Module):
     """Routes each sample to its top-k specialized adapters from the mean-pooled teacher tokens.
 
-    In training, Gaussian noise with a learned scale (`softplus` of a scalar initialised at 0) is added to the logits.
-    Softmax, top-k and the load-balancing loss run in fp32 so that bf16 autocast cannot flip the routing.
+    In training, Gaussian noise with a learned scale (`softplus` of a parameter of shape `[1]` initialised at 0) is
+    added to the logits; with `noise=False` that parameter does not exist. Softmax, top-k and the load-balancing loss
+    run in fp32 so that bf16 autocast cannot flip the routing.
+
+    The gate of expert `m` in a sample is its top-k probability renormalised over the k selected experts,
+    `g_m = p_m / sum_{j in top-k} p_j`, so the router learns from the task loss through the relative weights of the
+    selected experts. With `top_k=1` that ratio is always 1 and would pass no gradient, so the gate is computed
+    straight-through as `p_m / sg(p_m)` (`sg`: stop-gradient): its value stays exactly 1 (the paper's renormalised
+    weight), its gradient is that of `log p_m`, as for a Switch-style gate `p_m` up to the factor `1 / p_m`.
     """
 
     def __init__(self, teacher_hidden_size: int, hidden_dim: int, num_experts: int, top_k: int, noise: bool):
@@ -177,17 +185,36 @@ class CKTRouter(nn.Module):
         self.mlp = nn.Sequential(
             nn.Linear(teacher_hidden_size, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, num_experts)
         )
-        self.noise_scale = nn.Parameter(torch.zeros(()))
+        # Shape [1], not a scalar: FSDP refuses 0-dim parameters.
+        self.noise_scale = nn.Parameter(torch.zeros(1)) if noise else None
+        self.register_load_state_dict_pre_hook(_load_noise_scale)
 
     def forward(self, teacher_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`[B, N, d_t]` -> `probs [B, M]` (fp32), `topk_indices [B, k]`, `topk_weights [B, k]` (fp32)."""
         logits = self.mlp(teacher_features.mean(dim=1)).float()
-        if self.training and self.noise:
+        if self.training and self.noise_scale is not None:
             logits = logits + torch.randn_like(logits) * F.softplus(self.noise_scale.float())
         probs = logits.softmax(dim=-1)
         topk_probs, topk_indices = probs.topk(self.top_k, dim=-1)
-        topk_weights = topk_probs / topk_probs.sum(dim=-1, keepdim=True)
+        if self.top_k == 1:
+            topk_weights = topk_probs / topk_probs.detach()  # exactly 1, gradient of log p (see the class docstring)
+        else:
+            topk_weights = topk_probs / topk_probs.sum(dim=-1, keepdim=True)
         return probs, topk_indices, topk_weights
+
+
+def _load_noise_scale(
+    module: CKTRouter, state_dict: dict, prefix: str, local_metadata: dict, strict: bool, *args: Any
+) -> None:
+    """Reads checkpoints written before `noise_scale` had shape `[1]` (a 0-dim tensor then), and drops the scale of
+    checkpoints saved with noise when this router has none (it never affected their outputs)."""
+    key = prefix + "noise_scale"
+    if key not in state_dict:
+        return
+    if module.noise_scale is None:
+        state_dict.pop(key)
+    elif state_dict[key].ndim == 0:
+        state_dict[key] = state_dict[key].reshape(1)
 
 
 def load_balance_loss(router_probs: torch.Tensor, topk_indices: torch.Tensor) -> torch.Tensor:
@@ -235,7 +262,13 @@ class CKTAdapterBank(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.router.noise_scale.dtype
+        """Dtype of the bank's weights (the dtype teacher features are cast to)."""
+        return self.router.mlp[0].weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the bank's weights."""
+        return self.router.mlp[0].weight.device
 
     def _specialized_sparse(
         self, teacher_features: torch.Tensor, topk_indices: torch.Tensor, topk_weights: torch.Tensor
@@ -309,6 +342,12 @@ class CKTAdapterBank(nn.Module):
         )
 
 
+MERGE_ERROR = (
+    "CKT adds context tokens to the student's input; it has no weights to merge into the student, so `{method}` is "
+    "not supported. Use `unload()` to get the untouched student back, or keep the PeftModel to run with the context."
+)
+
+
 class CKTLayer(nn.Module, BaseTunerLayer):
     """Holds the adapter banks of a student (one per adapter name) so that peft can list, enable, disable, switch
     and delete them like any other tuner layer. It is attached to the student as `ckt` and does not compute
@@ -323,6 +362,8 @@ class CKTLayer(nn.Module, BaseTunerLayer):
         self._active_adapter = []
         self._disable_adapters = False
         self.merged_adapters = []
+        # Device of the student where each bank was created: banks materialised from a state dict go there.
+        self._adapter_devices: dict[str, Optional[torch.device]] = {}
 
     def update_layer(
         self,
@@ -331,11 +372,54 @@ class CKTLayer(nn.Module, BaseTunerLayer):
         teacher_hidden_size: int,
         student_hidden_size: int,
         device: Optional[torch.device] = None,
+        low_cpu_mem_usage: bool = False,
     ) -> None:
-        bank = CKTAdapterBank(config, teacher_hidden_size, student_hidden_size)
-        self.ckt_bank[adapter_name] = bank.to(device) if device is not None else bank
+        """Creates the bank `adapter_name` in fp32 on `device`, or on the meta device with `low_cpu_mem_usage=True`
+        (no memory, no initialisation: its weights come from a state dict, see
+        [`~CKTLayer._move_adapter_to_device_of_base_layer`]). peft's `init_empty_weights` context has the same effect.
+        """
+        if low_cpu_mem_usage:
+            with torch.device("meta"):
+                bank = CKTAdapterBank(config, teacher_hidden_size, student_hidden_size)
+        else:
+            bank = CKTAdapterBank(config, teacher_hidden_size, student_hidden_size)
+        on_meta = any(p.device.type == "meta" for p in bank.parameters())
+        if not on_meta and device is not None and device.type != "meta":
+            bank = bank.to(device)
+        self.ckt_bank[adapter_name] = bank
+        self._adapter_devices[adapter_name] = device
         # Like peft's other layers: adding an adapter keeps the active one (the first becomes active).
         self.set_adapter(self.active_adapters or [adapter_name])
+
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: Optional[torch.device] = None) -> None:
+        # Called by peft after loading a state dict with `low_cpu_mem_usage=True`: the bank follows the student.
+        if adapter_name not in self.ckt_bank:
+            return
+        bank = self.ckt_bank[adapter_name]
+        device = device if device is not None else self._adapter_devices.get(adapter_name)
+        if device is None or device.type == "meta" or any(p.device.type == "meta" for p in bank.parameters()):
+            return
+        self.ckt_bank[adapter_name] = bank.to(device)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        super().delete_adapter(adapter_name)
+        self._adapter_devices.pop(adapter_name, None)
+
+    # The layer wraps no base layer: without these, peft's `weight`/`bias` properties look for them on the layer
+    # itself and recurse forever (`hasattr(layer, "weight")` must simply be False).
+    @property
+    def weight(self) -> torch.Tensor:
+        raise AttributeError(f"{type(self).__name__} holds CKT adapter banks only; it has no `weight`.")
+
+    @property
+    def bias(self) -> torch.Tensor:
+        raise AttributeError(f"{type(self).__name__} holds CKT adapter banks only; it has no `bias`.")
+
+    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+        raise ValueError(MERGE_ERROR.format(method="merge"))
+
+    def unmerge(self) -> None:
+        raise ValueError(MERGE_ERROR.format(method="unmerge"))
 
     def forward(self, *args, **kwargs):
         raise RuntimeError("CKTLayer holds adapter weights only; the CKT model computes and injects the context.")

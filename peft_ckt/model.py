@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import re
+import types
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Optional, Union
@@ -10,34 +13,30 @@ from typing import Any, Optional, Union
 import torch
 from peft.config import PeftConfig
 from peft.tuners.tuners_utils import BaseTuner
+from peft.utils.other import set_additional_trainable_modules
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from .config import CKTConfig
 from .injection import (
     InjectionRoute,
+    add_placeholder_ids,
     concat_context,
     extend_position_ids,
     infer_student_hidden_size,
     insert_ones,
     is_cached_decoding_step,
     pad_labels,
+    replace_placeholders,
     resolve_route,
 )
-from .layer import CKTAdapterBank, CKTContext, CKTLayer
+from .layer import MERGE_ERROR, CKTAdapterBank, CKTContext, CKTLayer
 from .teacher import TeacherFeatureExtractor, infer_teacher_hidden_size, load_teacher
 
 # Not "ckt_...": peft skips modules whose name contains the method prefix when it walks tuner layers.
 LAYER_NAME = "ckt"
 # Keyword arguments that belong to CKT, never to the student.
 CKT_FORWARD_KWARGS = ("teacher_inputs", "ckt_context")
-
-
-def _strip_ckt_kwargs(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    # Installed permanently on the student: with the adapter disabled (or the student called directly) the CKT
-    # kwargs must still never reach the student's forward.
-    if any(name in kwargs for name in CKT_FORWARD_KWARGS):
-        kwargs = {k: v for k, v in kwargs.items() if k not in CKT_FORWARD_KWARGS}
-    return args, kwargs
 
 
 class _ForwardInjection:
@@ -50,6 +49,7 @@ class _ForwardInjection:
         self.aux_loss = aux_loss
         self.num_tokens = context.tokens.shape[1]
         self.inject_module_output = False
+        self.replace_module_placeholders = False
         self.prompt_length: Optional[int] = None  # mask length at prefill, where appended tokens sit in the cache
 
     def before_student(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -60,7 +60,12 @@ class _ForwardInjection:
         if not decoding:
             if route.context_kwarg is not None:
                 args, kwargs, conditioning_length = self._inject_kwarg(args, kwargs)
+            elif route.embeds_input and kwargs.get("inputs_embeds") is not None:
+                # Called with embeddings: the embedding module does not run, and `inputs_embeds` is E_t itself.
+                kwargs["inputs_embeds"] = concat_context(kwargs["inputs_embeds"], self.context.tokens, self.injection)
             else:
+                if route.embeds_input:
+                    args, kwargs = self._add_placeholder_ids(args, kwargs)
                 self.inject_module_output = True
         # Masks: on the prefill step they cover the conditioning; on decoding steps they cover the cached sequence.
         for mask_name in route.mask_kwargs:
@@ -100,6 +105,21 @@ class _ForwardInjection:
             )
         return args, kwargs, sequence.shape[1]
 
+    def _add_placeholder_ids(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        # The embedding of the placeholders is replaced by the context in `after_target_module`.
+        route, count = self.route, self.num_tokens
+        index = route.input_ids_index
+        if isinstance(kwargs.get("input_ids"), torch.Tensor):
+            ids = kwargs["input_ids"]
+            kwargs["input_ids"] = add_placeholder_ids(ids, count, route.placeholder_token_id, self.injection)
+        elif index is not None and len(args) > index and isinstance(args[index], torch.Tensor):
+            ids = add_placeholder_ids(args[index], count, route.placeholder_token_id, self.injection)
+            args = (*args[:index], ids, *args[index + 1 :])
+        else:
+            return args, kwargs
+        self.replace_module_placeholders = True
+        return args, kwargs
+
     def after_target_module(self, module: nn.Module, args: tuple, output: Any) -> Any:
         if not self.inject_module_output:
             return output
@@ -109,14 +129,70 @@ class _ForwardInjection:
                 f"CKT target module `{self.route.module_name}` returned {type(output).__name__}; it must return the "
                 "conditioning sequence tensor [B, L, d_s]."
             )
+        if self.replace_module_placeholders:
+            return replace_placeholders(output, self.context.tokens, self.injection)
         return concat_context(output, self.context.tokens, self.injection)
 
     def after_student(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        if self.inject_module_output:
+            self.inject_module_output = False
+            raise RuntimeError(
+                f"CKT's target module `{self.route.module_name}` did not run in this forward of the student, so the "
+                "context was not injected. Target the module that produces the conditioning sequence on this call "
+                "path (or use `context_kwarg`)."
+            )
         # The student's own loss (when it returns one) gets the weighted load-balancing loss.
         loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
         if isinstance(loss, torch.Tensor):
             output["loss"] = loss + self.aux_loss.to(loss.dtype)
         return output
+
+
+def _detached(context: Optional[CKTContext]) -> Optional[CKTContext]:
+    if context is None:
+        return None
+    return dataclasses.replace(
+        context, **{f.name: getattr(context, f.name).detach().clone() for f in dataclasses.fields(context)}
+    )
+
+
+class _RuntimeState:
+    """What a `CKTModel` keeps besides adapter weights: teacher extractors, injection routes, the last context, the
+    student hooks. Deliberately not module state (the teacher is not an adapter weight).
+
+    Copies (`copy.deepcopy` of the model) share the frozen teacher, get their own routes and hooks, and keep the last
+    context without its autograd graph (a graph cannot be deep-copied).
+    """
+
+    def __init__(self) -> None:
+        self.extractors: dict[str, Optional[TeacherFeatureExtractor]] = {}
+        self.routes: dict[str, InjectionRoute] = {}
+        self.last_context: Optional[CKTContext] = None
+        self.last_adapter: Optional[str] = None
+        self.student_hooks: list[RemovableHandle] = []
+        self.peft_calls = 0  # PeftModel forward/generate calls in progress (they inject through their own hooks)
+
+    def __deepcopy__(self, memo: dict) -> _RuntimeState:
+        new = _RuntimeState.__new__(_RuntimeState)
+        memo[id(self)] = new
+        new.extractors = dict(self.extractors)  # shared: the teacher is frozen and possibly huge
+        new.routes = copy.deepcopy(self.routes, memo)
+        new.last_context = _detached(self.last_context)
+        new.last_adapter = self.last_adapter
+        new.student_hooks = copy.deepcopy(self.student_hooks, memo)
+        new.peft_calls = 0
+        return new
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "last_context": _detached(self.last_context), "peft_calls": 0}
+
+
+def _validate_model_kwargs_without_ckt(self: nn.Module, model_kwargs: dict) -> Any:
+    # transformers' `generate` rejects kwargs its model does not declare; `teacher_inputs`/`ckt_context` reach it
+    # through PeftModel.generate (with the adapter enabled or not), and the student's pre-hook removes them from
+    # every forward.
+    kept = {k: v for k, v in model_kwargs.items() if k not in CKT_FORWARD_KWARGS}
+    return type(self)._validate_model_kwargs(self, kept)
 
 
 class CKTModel(BaseTuner):
@@ -129,6 +205,9 @@ class CKTModel(BaseTuner):
     `teacher_layer` (early exit, no autograd), the bank turns `H_T [B, N, d_t]` into a context `[B, 2K(+1), d_s]`,
     and the context is injected into the student's conditioning. With `ckt_context=` (from [`encode_teacher`]) the
     teacher and the bank run once for many student calls (e.g. all denoising steps).
+
+    The student itself also injects: a student given CKT through `peft.inject_adapter_in_model` (no `PeftModel`)
+    computes and injects the context when called with `teacher_inputs=` or `ckt_context=`.
     """
 
     prefix: str = "ckt_"
@@ -136,12 +215,11 @@ class CKTModel(BaseTuner):
     target_module_mapping: dict[str, list[str]] = {}
 
     # ------------------------------------------------------------------ injection (peft's BaseTuner interface)
-    def _ckt_state(self) -> dict:
+    def _ckt_state(self) -> _RuntimeState:
         state = self.__dict__.get("_ckt")
         if state is None:
-            # Per-adapter runtime objects. Kept out of nn.Module registration: the teacher is not an adapter weight.
-            state = {"extractors": {}, "routes": {}, "last_context": None, "strip_handle": None}
-            self.__dict__["_ckt"] = state
+            # Kept out of nn.Module registration: the teacher is not an adapter weight.
+            state = self.__dict__["_ckt"] = _RuntimeState()
         return state
 
     def _prepare_adapter_config(self, peft_config: PeftConfig, model_config: dict) -> PeftConfig:
@@ -194,24 +272,99 @@ class CKTModel(BaseTuner):
         config.teacher_hidden_size, config.student_hidden_size = teacher_hidden_size, student_hidden_size
 
         layer = getattr(model, LAYER_NAME, None)
+        if layer is not None and not isinstance(layer, CKTLayer):
+            raise ValueError(f"The student already has a `{LAYER_NAME}` attribute that is not a CKTLayer.")
+        if layer is not None and adapter_name in layer.ckt_bank:
+            raise ValueError(f"An adapter named {adapter_name!r} already exists.")
+        # Like peft's own methods: the first adapter freezes the student; adding another one keeps the trainability
+        # of everything already there (earlier banks, modules_to_save copies).
+        existing = [(param, param.requires_grad) for param in model.parameters()] if layer is not None else []
         if layer is None:
             layer = CKTLayer()
             model.add_module(LAYER_NAME, layer)
-        elif not isinstance(layer, CKTLayer):
-            raise ValueError(f"The student already has a `{LAYER_NAME}` attribute that is not a CKTLayer.")
-        if adapter_name in layer.ckt_bank:
-            raise ValueError(f"An adapter named {adapter_name!r} already exists.")
-        layer.update_layer(adapter_name, config, teacher_hidden_size, student_hidden_size, device=_device_of(model))
+        device, _ = _student_device_and_dtype(model, route)
+        layer.update_layer(
+            adapter_name,
+            config,
+            teacher_hidden_size,
+            student_hidden_size,
+            device=device,
+            low_cpu_mem_usage=low_cpu_mem_usage,
+        )
         if not config.inference_mode:
             self._mark_only_adapters_as_trainable(model)
         else:
             model.requires_grad_(False)
+        set_additional_trainable_modules(
+            model=model,
+            peft_config=config,
+            model_config=BaseTuner.get_model_config(model),
+            adapter_name=adapter_name,
+            activate_adapter=adapter_name in self.active_adapters,
+        )
+        for param, requires_grad in existing:
+            param.requires_grad = requires_grad
 
-        state["extractors"][adapter_name] = extractor
-        state["routes"][adapter_name] = route
-        if state["strip_handle"] is None:
-            state["strip_handle"] = model.register_forward_pre_hook(_strip_ckt_kwargs, with_kwargs=True, prepend=True)
-        self.targeted_module_names.append(route.module_name or LAYER_NAME)
+        state.extractors[adapter_name] = extractor
+        state.routes[adapter_name] = route
+        self._install_student_hooks(model)
+        if (route.module_name or LAYER_NAME) not in self.targeted_module_names:
+            self.targeted_module_names.append(route.module_name or LAYER_NAME)
+
+    def _install_student_hooks(self, model: nn.Module) -> None:
+        """Once per tuner: the student's pre-hook (CKT kwargs never reach its forward; a direct call injects) and, for
+        transformers students, `generate` accepting the CKT kwargs (also with the adapter disabled)."""
+        state = self._ckt_state()
+        if not state.student_hooks:
+            state.student_hooks.append(
+                model.register_forward_pre_hook(self._student_pre_hook, with_kwargs=True, prepend=True)
+            )
+        if hasattr(type(model), "_validate_model_kwargs") and "_validate_model_kwargs" not in vars(model):
+            model._validate_model_kwargs = types.MethodType(_validate_model_kwargs_without_ckt, model)
+
+    def _remove_student_hooks(self, model: nn.Module) -> None:
+        state = self._ckt_state()
+        for handle in state.student_hooks:
+            handle.remove()
+        state.student_hooks.clear()
+        if "_validate_model_kwargs" in vars(model):
+            del model._validate_model_kwargs
+
+    def _student_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> Optional[tuple[tuple, dict]]:
+        ckt_kwargs = {name: kwargs[name] for name in CKT_FORWARD_KWARGS if kwargs.get(name) is not None}
+        if not any(name in kwargs for name in CKT_FORWARD_KWARGS):
+            return None
+        kwargs = {k: v for k, v in kwargs.items() if k not in CKT_FORWARD_KWARGS}
+        layer = getattr(self.model, LAYER_NAME, None)
+        if (
+            not ckt_kwargs  # e.g. teacher_inputs=None
+            or self._ckt_state().peft_calls  # a PeftModel call injects through its own hooks
+            or layer is None
+            or layer.disable_adapters  # the student alone
+            or not self.active_adapters
+        ):
+            return args, kwargs
+        # A direct call of the student (e.g. after `inject_adapter_in_model`): inject here, for this call only.
+        if is_cached_decoding_step(kwargs):
+            raise ValueError(
+                "A student given CKT with `inject_adapter_in_model` cannot `generate()`: the context must be added "
+                "once and tracked over the decoding steps. Use `get_peft_model` (or `PeftModel.from_pretrained`) and "
+                "call `generate` on the PeftModel."
+            )
+        adapter_name = self._active_adapter_name()
+        injection = self._make_injection(adapter_name, ckt_kwargs.get("ckt_context"), ckt_kwargs.get("teacher_inputs"))
+        handles: list[RemovableHandle] = []
+        if injection.route.module is not None:
+            handles.append(injection.route.module.register_forward_hook(injection.after_target_module))
+
+        def finish(student: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+            for handle in handles:
+                handle.remove()
+            # `output` is None when the forward raised (this hook always runs): nothing to add to.
+            return output if output is None else injection.after_student(student, args, kwargs, output)
+
+        handles.append(module.register_forward_hook(finish, with_kwargs=True, always_call=True))
+        return injection.before_student(module, args, kwargs)
 
     @staticmethod
     def _resolve_teacher(config: CKTConfig, load: bool) -> Optional[nn.Module]:
@@ -262,13 +415,13 @@ class CKTModel(BaseTuner):
         inferred = infer_teacher_hidden_size(teacher, extractor.layer)
         _checked_width("teacher", config.teacher_hidden_size, inferred, config.teacher_layer)
         config.attach_teacher(teacher)
-        self._ckt_state()["extractors"][adapter_name] = extractor
+        self._ckt_state().extractors[adapter_name] = extractor
 
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
         state = self._ckt_state()
-        state["extractors"].pop(adapter_name, None)
-        state["routes"].pop(adapter_name, None)
+        state.extractors.pop(adapter_name, None)
+        state.routes.pop(adapter_name, None)
 
     def set_adapter(self, adapter_name: Union[str, list[str]], inference_mode: bool = False) -> None:
         names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
@@ -276,23 +429,52 @@ class CKTModel(BaseTuner):
             raise ValueError(f"CKT runs one adapter at a time; got {names}.")
         super().set_adapter(adapter_name, inference_mode=inference_mode)
 
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        """With `autocast_adapter_dtype=True` (peft's default) a bank in fp16/bf16 is upcast to fp32 (new banks are
+        created in fp32); with `False` the bank takes the student's dtype, as peft's other methods do."""
+        if autocast_adapter_dtype:
+            super()._cast_adapter_dtype(adapter_name=adapter_name, autocast_adapter_dtype=True)
+            return
+        layer = getattr(self.model, LAYER_NAME, None)
+        if layer is None or adapter_name not in layer.ckt_bank:
+            return
+        _, dtype = _student_device_and_dtype(self.model, self._ckt_state().routes.get(adapter_name))
+        if dtype is not None:
+            layer.ckt_bank[adapter_name] = layer.ckt_bank[adapter_name].to(dtype)
+
+    # ------------------------------------------------------------------ unload / merge
+    def _check_merge_allowed(self) -> None:
+        raise ValueError(MERGE_ERROR.format(method="merge"))
+
+    def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
+        raise ValueError(MERGE_ERROR.format(method="merge_adapter"))
+
+    def unmerge_adapter(self) -> None:
+        raise ValueError(MERGE_ERROR.format(method="unmerge_adapter"))
+
+    def add_weighted_adapter(self, *args: Any, **kwargs: Any) -> None:
+        raise ValueError(
+            MERGE_ERROR.format(method="add_weighted_adapter")
+            + " Adapter banks of different adapters cannot be combined into one either: run them one at a time."
+        )
+
     def _unload_and_optionally_merge(self, merge: bool = True, *args: Any, **kwargs: Any) -> nn.Module:
         if merge:
-            raise ValueError("CKT adds context tokens; it has no weights to merge into the student. Use `unload()`.")
-        self._remove_ckt_from_student()
-        return self.model
-
-    def unload(self) -> nn.Module:
-        """Removes CKT from the student and returns the untouched student."""
-        return self._unload_and_optionally_merge(merge=False)
-
-    def _remove_ckt_from_student(self) -> None:
-        state = self._ckt_state()
-        if state["strip_handle"] is not None:
-            state["strip_handle"].remove()
-            state["strip_handle"] = None
+            raise ValueError(MERGE_ERROR.format(method="merge_and_unload"))
+        self._remove_student_hooks(self.model)
         if hasattr(self.model, LAYER_NAME):
             delattr(self.model, LAYER_NAME)
+        state = self._ckt_state()
+        state.extractors.clear()
+        state.routes.clear()
+        state.last_context = None
+        # peft's generic part: restores `modules_to_save` wrappers and removes `peft_config` from the student.
+        return super()._unload_and_optionally_merge(merge=False)
+
+    def unload(self) -> nn.Module:
+        """Removes CKT from the student and returns the untouched student (its original modules, no hooks, no
+        `peft_config`)."""
+        return self._unload_and_optionally_merge(merge=False)
 
     # ------------------------------------------------------------------ teacher -> context
     def extract_teacher_features(
@@ -301,13 +483,13 @@ class CKTModel(BaseTuner):
         """Runs the frozen teacher up to `teacher_layer` only: `H_T [B, N, d_t]`, detached, on the bank's device
         and dtype."""
         adapter_name = adapter_name or self._active_adapter_name()
-        extractor = self._ckt_state()["extractors"].get(adapter_name)
+        extractor = self._ckt_state().extractors.get(adapter_name)
         config: CKTConfig = self.peft_config[adapter_name]
         if extractor is None and isinstance(config.teacher, str) and config.teacher:
             reference = config.teacher, config.teacher_class
             self.attach_teacher(self._load_teacher_reference(config), adapter_name)
             config.teacher, config.teacher_class = reference
-            extractor = self._ckt_state()["extractors"][adapter_name]
+            extractor = self._ckt_state().extractors[adapter_name]
         if extractor is None:
             raise ValueError(
                 f"No teacher is attached to CKT adapter {adapter_name!r}: pass `teacher=` to CKTConfig or to "
@@ -315,14 +497,15 @@ class CKTModel(BaseTuner):
             )
         features = extractor(teacher_inputs)
         bank = self.get_bank(adapter_name)
-        return features.to(device=bank.router.noise_scale.device, dtype=bank.dtype)
+        return features.to(device=bank.device, dtype=bank.dtype)
 
     def encode_features(self, teacher_features: torch.Tensor, adapter_name: Optional[str] = None) -> CKTContext:
         """Runs the adapter bank on (live or cached) teacher features `[B, N, d_t]` -> [`CKTContext`]."""
+        adapter_name = adapter_name or self._active_adapter_name()
         bank = self.get_bank(adapter_name)
-        features = teacher_features.to(device=bank.router.noise_scale.device, dtype=bank.dtype)
+        features = teacher_features.to(device=bank.device, dtype=bank.dtype)
         context = bank(features)
-        self._ckt_state()["last_context"] = context
+        self._remember(context, adapter_name)
         return context
 
     def encode_teacher(self, teacher_inputs: Mapping[str, Any], adapter_name: Optional[str] = None) -> CKTContext:
@@ -330,31 +513,52 @@ class CKTModel(BaseTuner):
         denoising step of the student."""
         return self.encode_features(self.extract_teacher_features(teacher_inputs, adapter_name), adapter_name)
 
+    def _remember(self, context: CKTContext, adapter_name: str) -> None:
+        state = self._ckt_state()
+        state.last_context, state.last_adapter = context, adapter_name
+
     def auxiliary_loss(self) -> torch.Tensor:
         """`load_balance_weight * L_bal` of the last forward (already added to `out.loss` when the student returns a
         loss). Zero before any forward."""
-        context = self._ckt_state()["last_context"]
-        if context is None:
+        state = self._ckt_state()
+        if state.last_context is None:
             return torch.zeros(())
-        weight = self.peft_config[self._active_adapter_name()].load_balance_weight
-        return weight * context.load_balance_loss
+        adapter_name = state.last_adapter if state.last_adapter in self.peft_config else self._active_adapter_name()
+        return self.peft_config[adapter_name].load_balance_weight * state.last_context.load_balance_loss
 
     def last_context(self) -> Optional[CKTContext]:
         """The context of the last forward (router probabilities and choices are useful to log)."""
-        return self._ckt_state()["last_context"]
+        return self._ckt_state().last_context
 
-    @contextmanager
-    def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
-        # Entered by PeftModel around every forward/generate while an adapter is enabled.
-        adapter_name = self._active_adapter_name()
-        context = kwargs.get("ckt_context")
-        teacher_inputs = kwargs.get("teacher_inputs")
+    def _adapter_for_call(self, adapter_names: Any) -> Optional[str]:
+        """The adapter of one forward: the active one, or the single name of `adapter_names` (`None` for peft's
+        `"__base__"`: the student alone). A batch mixing adapters is refused."""
+        if adapter_names is None:
+            return self._active_adapter_name()
+        names = {adapter_names} if isinstance(adapter_names, str) else set(adapter_names)
+        if len(names) != 1:
+            raise ValueError(
+                "CKT runs one adapter per forward: the context comes from one adapter bank for the whole batch, so a "
+                f"mixed batch (`adapter_names` with {sorted(names)}) is not supported. Split the batch by adapter and "
+                "call `set_adapter(name)` for each part (or pass one name for the whole batch)."
+            )
+        (name,) = names
+        if name == "__base__":
+            return None
+        if name not in self.peft_config:
+            raise ValueError(f"Unknown adapter {name!r} in `adapter_names`; adapters: {list(self.peft_config)}.")
+        return name
+
+    def _make_injection(
+        self, adapter_name: str, context: Optional[Any], teacher_inputs: Optional[Mapping[str, Any]]
+    ) -> _ForwardInjection:
+        """The context of one call (given, or teacher + bank now) and how it enters the student."""
         if context is not None:
             if isinstance(context, torch.Tensor):
                 context = CKTContext(context, *(torch.empty(0),) * 3, load_balance_loss=torch.zeros(()))
             elif not isinstance(context, CKTContext):
                 raise TypeError(f"`ckt_context` must be a CKTContext (from encode_teacher), got {type(context)}.")
-            self._ckt_state()["last_context"] = context
+            self._remember(context, adapter_name)
         elif teacher_inputs is not None:
             context = self.encode_teacher(teacher_inputs, adapter_name)
         else:
@@ -364,36 +568,31 @@ class CKTModel(BaseTuner):
                 "the student alone, use `with model.disable_adapter():`."
             )
         config: CKTConfig = self.peft_config[adapter_name]
-        route = self._ckt_state()["routes"][adapter_name]
+        route = self._ckt_state().routes[adapter_name]
         aux_loss = config.load_balance_weight * context.load_balance_loss
-        injection = _ForwardInjection(context, route, config.injection, aux_loss)
-        handles = [
-            self.model.register_forward_pre_hook(injection.before_student, with_kwargs=True),
-            self.model.register_forward_hook(injection.after_student, with_kwargs=True),
-        ]
-        if route.module is not None:
-            handles.append(route.module.register_forward_hook(injection.after_target_module))
-        patched_validation = self._hide_ckt_kwargs_from_generate()
+        return _ForwardInjection(context, route, config.injection, aux_loss)
+
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
+        # Entered by PeftModel around every forward/generate while an adapter is enabled.
+        state = self._ckt_state()
+        adapter_name = self._adapter_for_call(kwargs.get("adapter_names"))
+        handles = []
+        if adapter_name is not None:
+            injection = self._make_injection(adapter_name, kwargs.get("ckt_context"), kwargs.get("teacher_inputs"))
+            handles = [
+                self.model.register_forward_pre_hook(injection.before_student, with_kwargs=True),
+                self.model.register_forward_hook(injection.after_student, with_kwargs=True),
+            ]
+            if injection.route.module is not None:
+                handles.append(injection.route.module.register_forward_hook(injection.after_target_module))
+        state.peft_calls += 1
         try:
             yield
         finally:
+            state.peft_calls -= 1
             for handle in handles:
                 handle.remove()
-            if patched_validation:
-                del self.model._validate_model_kwargs
-
-    def _hide_ckt_kwargs_from_generate(self) -> bool:
-        # transformers' `generate` rejects kwargs its model does not declare; `teacher_inputs`/`ckt_context` reach it
-        # through PeftModel.generate, and the student pre-hook drops them from every forward anyway.
-        validate = getattr(self.model, "_validate_model_kwargs", None)
-        if validate is None or "_validate_model_kwargs" in vars(self.model):
-            return False
-
-        def validate_without_ckt(model_kwargs: dict) -> Any:
-            return validate({k: v for k, v in model_kwargs.items() if k not in CKT_FORWARD_KWARGS})
-
-        self.model._validate_model_kwargs = validate_without_ckt
-        return True
 
     # ------------------------------------------------------------------ state dict naming
     @classmethod
@@ -417,7 +616,17 @@ def _checked_width(role: str, explicit: Optional[int], inferred: Optional[int], 
     return width
 
 
-def _device_of(model: nn.Module) -> Optional[torch.device]:
-    for param in model.parameters():
-        return param.device
-    return None
+def _student_device_and_dtype(
+    model: nn.Module, route: Optional[InjectionRoute]
+) -> tuple[Optional[torch.device], Optional[torch.dtype]]:
+    """Device and floating dtype of the student where the context enters (its target module, else the student),
+    ignoring CKT's own weights."""
+    for owner in (route.module if route is not None else None, model):
+        if owner is None:
+            continue
+        for name, param in owner.named_parameters():
+            if owner is model and (name == LAYER_NAME or name.startswith(LAYER_NAME + ".")):
+                continue
+            if param.is_floating_point():
+                return param.device, param.dtype
+    return None, None

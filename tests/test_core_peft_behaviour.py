@@ -31,6 +31,15 @@ SMALL = dict(
 LM = dict(SMALL, teacher_layer="h.0", target_modules="embed_tokens", injection="prepend")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Milliseconds-sized ops: one intra-op thread avoids waiting on busy cores (restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def teacher() -> nn.Module:
     torch.manual_seed(0)
@@ -108,7 +117,8 @@ def test_low_cpu_mem_usage_builds_the_bank_on_meta(teacher, tmp_path):
     ids = student_ids()
     with torch.no_grad():
         expected = source(input_ids=ids, teacher_inputs=teacher_inputs()).logits
-        assert torch.equal(loaded(input_ids=ids, teacher_inputs=teacher_inputs()).logits, expected)
+        # equal up to float rounding: the assigned checkpoint tensors keep the file buffer's memory alignment
+        torch.testing.assert_close(loaded(input_ids=ids, teacher_inputs=teacher_inputs()).logits, expected)
     injected = inject_adapter_in_model(CKTConfig(teacher=teacher, **LM), tiny_llama(), low_cpu_mem_usage=True)
     assert {p.device.type for p in injected.ckt.parameters()} == {"meta"}
 
@@ -155,9 +165,10 @@ def test_unload_leaves_no_peft_state_on_the_student(teacher, tmp_path):
     model = lm_model(teacher)
     student = model.unload()
     assert not hasattr(student, "peft_config")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no "Already found a `peft_config` attribute" warning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         again = get_peft_model(student, CKTConfig(teacher=teacher, **LM))
+    assert not [w for w in caught if "peft_config" in str(w.message)]  # "Already found a `peft_config` attribute"
     again.save_pretrained(tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
     with torch.no_grad():
@@ -171,7 +182,8 @@ def test_student_injected_with_inject_adapter_in_model_uses_its_context():
     inputs = {"observation": torch.randn(2, 3, 12), "text_embeds": torch.randn(2, 4, 10)}
     t_inputs = {"observation": torch.randn(2, 3, 5), "text_embeds": torch.randn(2, 2, 4)}
     torch.manual_seed(1)
-    student = TinyWorldActionModel().eval()
+    # frozen, as injection leaves it (torch's attention takes another kernel path for trainable weights)
+    student = TinyWorldActionModel().eval().requires_grad_(False)
     with torch.no_grad():
         bare, _ = student(**inputs)
         inject_adapter_in_model(
