@@ -32,6 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep-failures", action="store_true", help="also keep unsuccessful episodes")
     parser.add_argument("--max-steps", type=int, default=None, help="override the suite's step limit")
+    parser.add_argument(
+        "--image-stride",
+        type=int,
+        default=1,
+        help="render the cameras every k-th step only; the steps in between repeat the last frame (k x faster)",
+    )
     parser.add_argument("--init-offset", type=int, default=0, help="first init state index")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=run)
@@ -59,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
             keep_failures=args.keep_failures,
             max_steps=args.max_steps,
             init_offset=args.init_offset,
+            image_stride=args.image_stride,
             progress=not args.no_progress,
         )
     except LiberoConfigError as err:

@@ -31,6 +31,7 @@ class CollectJob:
     seed: int
     keep_failures: bool
     max_steps: int | None
+    image_stride: int = 1
 
 
 def collect_episode(job: CollectJob) -> dict[str, Any]:
@@ -84,7 +85,13 @@ def collect_episode(job: CollectJob) -> dict[str, Any]:
     if actions and (success or job.keep_failures):
         render_start = time.perf_counter()
         images: dict[str, list[bytes]] = {key: [] for key in env.cameras}
-        for flat in sim_states:
+        last = len(sim_states) - 1
+        for index, flat in enumerate(sim_states):
+            if index % job.image_stride and index != last:
+                # A camera at 1/stride of the control rate: the frame in between holds the last render.
+                for key in env.cameras:
+                    images[key].append(images[key][-1])
+                continue
             env.sim.set_state_from_flattened(flat)
             env.sim.forward()
             for key in env.cameras:
@@ -110,8 +117,13 @@ def collect_demonstrations(
     max_steps: int | None = None,
     init_offset: int = 0,
     progress: bool = True,
+    image_stride: int = 1,
 ) -> dict[str, Any]:
     """Collect `episodes` expert demonstrations per task (init states `init_offset..`) into `output_dir`.
+
+    `image_stride` k > 1 renders the cameras on every k-th step only (and on the last one); the steps in between
+    repeat the last frame, like a camera at 1/k of the control rate. Rendering is most of the cost on CPU.
+    Episodes record `image_stride` in their metadata.
 
     Returns a summary: episodes attempted / kept, frames, success rate, physics and render speed.
     """
@@ -128,11 +140,15 @@ def collect_demonstrations(
             raise ValueError(f"{suite} has tasks 0..{total - 1}; got {task_ids}")
         if episodes < 1:
             raise ValueError(f"episodes must be >= 1; got {episodes}")
+        if image_stride < 1:
+            raise ValueError(f"image_stride must be >= 1; got {image_stride}")
         writer = LeRobotDatasetWriter(output_dir, image_keys=tuple(CAMERAS), image_size=(image_size, image_size))
     except (ValueError, FileExistsError) as err:
         raise LiberoConfigError(str(err)) from err
     jobs = [
-        CollectJob(suite, t, (init_offset + k) % 50, kind, severity, image_size, seed, keep_failures, max_steps)
+        CollectJob(
+            suite, t, (init_offset + k) % 50, kind, severity, image_size, seed, keep_failures, max_steps, image_stride
+        )
         for t in task_ids
         for kind in kinds
         for k in range(episodes)
@@ -162,6 +178,7 @@ def collect_demonstrations(
                 "init_index": result["init_index"],
                 "perturbation": result["perturbation"],
                 "severity": result["severity"],
+                "image_stride": image_stride,
             },
         )
     writer.finalize()

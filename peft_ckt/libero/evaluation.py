@@ -60,7 +60,10 @@ def run_episode(job: EpisodeJob) -> EpisodeResult:
     privileged = bool(getattr(policy, "needs_privileged", False))
     cameras = tuple(getattr(policy, "image_keys", ("image", "wrist_image")))
     image_size = getattr(policy, "image_size", None) or job.image_size
-    key = (job.suite, job.task_id, image_size, cameras, needs_images, privileged, job.seed, job.max_steps)
+    # A chunking policy looks at the cameras only when its action queue is empty: render just then.
+    lazy_render = needs_images and callable(getattr(policy, "needs_observation", None))
+    render_every_step = needs_images and not lazy_render
+    key = (job.suite, job.task_id, image_size, cameras, render_every_step, privileged, job.seed, job.max_steps)
     env = cached_env(
         key,
         lambda: LiberoEnv(
@@ -68,7 +71,7 @@ def run_episode(job: EpisodeJob) -> EpisodeResult:
             job.task_id,
             image_size=image_size,
             cameras=cameras,
-            render_images=needs_images,
+            render_images=render_every_step,
             privileged=privileged,
             seed=job.seed,
             max_steps=job.max_steps,
@@ -81,8 +84,10 @@ def run_episode(job: EpisodeJob) -> EpisodeResult:
     frames: list[np.ndarray] = []
     success = env.check_success()
     while not success and env.num_steps < env.max_steps:
+        if lazy_render and policy.needs_observation():
+            observation = env.render_observation()
         if job.video_dir is not None:
-            frames.append(observation.get("observation.images.image", None) if needs_images else env.render("image"))
+            frames.append(observation.get("observation.images.image") if render_every_step else env.render("image"))
         action = policy.select_action(observation)
         observation, _, terminated, truncated, info = env.step(np.asarray(action))
         success = bool(info["is_success"])
@@ -272,8 +277,13 @@ def evaluate_libero(
         if bad:
             raise ValueError(f"{suite} has tasks 0..{total_tasks - 1}; got {bad}")
         policy_spec = str(policy) if str(policy) == "scripted" else str(Path(policy).resolve())
-        if policy_spec != "scripted" and not (Path(policy_spec) / "config.json").is_file():
-            raise FileNotFoundError(f"--policy must be 'scripted' or a policy folder with config.json; got {policy}")
+        if policy_spec != "scripted" and not any(
+            (Path(policy_spec) / name).is_file() for name in ("config.json", "adapter_config.json")
+        ):
+            raise FileNotFoundError(
+                f"--policy must be 'scripted', a policy folder with config.json or an adapter folder with "
+                f"adapter_config.json; got {policy}"
+            )
     except (ValueError, FileNotFoundError) as err:
         raise LiberoConfigError(str(err)) from err
 

@@ -23,6 +23,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 POLICY_REGISTRY: dict[str, type] = {}
+# Policy types of this package, imported on first use: `"type"` in a policy folder's config.json -> module.
+BUILTIN_POLICY_MODULES = {"wam": "peft_ckt.wam.policy", "state_mlp": "peft_ckt.libero.mlp_policy"}
 
 
 def register_policy(name: str):
@@ -60,6 +62,11 @@ class LiberoPolicy:
     def reset(self) -> None:
         """Clear per-episode state; called before the first observation of every episode."""
         self._action_queue.clear()
+
+    def needs_observation(self) -> bool:
+        """Whether the next `select_action` looks at the observation (the queue is empty): the evaluation renders
+        the cameras only then."""
+        return not self._action_queue
 
     def predict_action_chunk(self, observation: dict[str, Any]) -> np.ndarray:
         """Actions for the next steps, `[T, 7]` in [-1, 1]. Subclasses implement this or `select_action`."""
@@ -111,11 +118,17 @@ def load_policy(spec: str | os.PathLike) -> LiberoPolicy:
         return ScriptedExpertPolicy()
     path = Path(spec)
     config_file = path / "config.json"
+    if (path / "adapter_config.json").is_file():  # a peft adapter (CKT or LoRA) on a world action model
+        importlib.import_module(BUILTIN_POLICY_MODULES["wam"])
+        return POLICY_REGISTRY["wam"].from_pretrained(path)
     if not config_file.is_file():
         raise FileNotFoundError(
-            f"--policy must be 'scripted' or a policy folder with a config.json; {config_file} does not exist"
+            f"--policy must be 'scripted', a policy folder with a config.json or a peft adapter folder with an "
+            f"adapter_config.json; {config_file} does not exist"
         )
     config = json.loads(config_file.read_text())
+    if config.get("type") in BUILTIN_POLICY_MODULES and config["type"] not in POLICY_REGISTRY:
+        importlib.import_module(BUILTIN_POLICY_MODULES[config["type"]])
     if "policy_class" in config:
         cls = _import_object(config["policy_class"])
     elif config.get("type") in POLICY_REGISTRY:

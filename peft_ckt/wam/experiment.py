@@ -1,0 +1,835 @@
+"""The LIBERO transfer experiment: a frozen student WAM gains a frozen teacher WAM's robustness through CKT.
+
+`make demo` (`python examples/libero_transfer.py`) runs, with progress bars, everything cached under one folder and
+keyed by its settings (a second run skips what is done; an interrupted one resumes):
+
+1. Collect scripted demonstrations on `libero_object` (`collect_demonstrations`, images at the WAM's size).
+2. Pretrain the teacher (Wan backbone, wider and deeper) on broad data: every task, clean scenes plus one
+   demonstration per task under each of the seven LIBERO-Plus perturbations. Pretrain the student (Cosmos
+   backbone) on narrow data: clean scenes only, fewer demonstrations. Both are then frozen.
+3. Train student+CKT (teacher layer in the middle of the teacher) and student+LoRA (at least CKT's trainable
+   budget) on the same small target set of clean demonstrations.
+4. Evaluate teacher, student, student+LoRA and student+CKT in LIBERO, clean and under the seven perturbations, with
+   the same init states and seeds for every policy; every episode is appended to `episodes.jsonl` as it ends.
+5. Score every model offline on a fixed held-out set of demonstrations beside trivial predictors, and write
+   `report.json`, `report.md` and the plots.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+PERTURBATION_KINDS = ("camera", "robot", "language", "light", "background", "noise", "layout")
+POLICIES = ("teacher", "student", "student+lora", "student+ckt")
+
+
+@dataclass
+class DemoSettings:
+    """Everything that decides the experiment's result (the cache keys hash the parts each stage depends on)."""
+
+    suite: str = "libero_object"
+    image_size: int = 32
+    image_stride: int = 8  # cameras rendered every 8th control step during collection (rendering dominates)
+    severity: int = 3
+    seed: int = 0
+    # Data: init states 0.. for training, `heldout_init` for the offline set, `eval_init_offset..` for rollouts.
+    teacher_tasks: tuple[int, ...] = tuple(range(10))
+    teacher_clean_episodes: int = 2
+    teacher_perturbed_episodes: int = 1
+    student_episodes: int = 1
+    target_episodes: int = 2
+    heldout_tasks: tuple[int, ...] = (0, 1, 2, 3)
+    heldout_init: int = 45
+    # Models.
+    teacher_layers: int = 6
+    teacher_heads: int = 3
+    student_layers: int = 4
+    student_heads: int = 2
+    head_dim: int = 32
+    text_dim: int = 32
+    # Training.
+    batch_size: int = 32
+    teacher_steps: int = 1200
+    student_steps: int = 500
+    adapter_steps: int = 400
+    teacher_lr: float = 1e-3
+    student_lr: float = 1e-3
+    ckt_lr: float = 1e-3
+    lora_lr: float = 1e-3
+    # CKT (paper defaults scaled to the small widths) and LoRA.
+    num_context_tokens: int = 8
+    num_experts: int = 4
+    top_k: int = 2
+    bottleneck_dim: int = 64
+    lora_rank: int = 0  # 0: the smallest rank whose budget is at least CKT's
+    # Evaluation.
+    eval_tasks: tuple[int, ...] = (0, 1, 2, 3)
+    eval_episodes: int = 1
+    eval_init_offset: int = 40
+    eval_max_steps: int = 250
+    n_action_steps: int = 8
+    workers: int = 2
+    heldout_samples: int = 512
+
+    @classmethod
+    def quick(cls) -> DemoSettings:
+        """The same steps at the smallest counts that still exercise every stage (`make demo QUICK=1`)."""
+        return cls(
+            teacher_tasks=(0, 1),
+            teacher_clean_episodes=1,
+            heldout_tasks=(0,),
+            teacher_steps=150,
+            student_steps=80,
+            adapter_steps=60,
+            eval_tasks=(0,),
+            eval_max_steps=120,
+            heldout_samples=128,
+        )
+
+    def key(self, *names: str) -> str:
+        values = {name: getattr(self, name) for name in names}
+        return hashlib.sha1(json.dumps(values, sort_keys=True, default=list).encode()).hexdigest()[:10]
+
+
+# ----------------------------------------------------------------------------- small utilities
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a success rate (`(0, 1)` for no trials)."""
+    if trials == 0:
+        return 0.0, 1.0
+    p = successes / trials
+    denominator = 1 + z**2 / trials
+    centre = (p + z**2 / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1 - p) / trials + z**2 / (4 * trials**2)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def _log(message: str) -> None:
+    print(f"[demo] {message}", flush=True)
+
+
+# ----------------------------------------------------------------------------- 1. data
+def collect_stage(settings: DemoSettings, cache: Path, name: str, tasks, episodes, perturbation, init_offset) -> Path:
+    """One cached collection; written to a temporary folder and renamed when complete."""
+    from ..libero.collect import collect_demonstrations
+
+    key = settings.key("suite", "image_size", "image_stride", "severity", "seed")
+    spec = json.dumps([list(tasks), episodes, perturbation, init_offset])
+    digest = hashlib.sha1((key + spec).encode()).hexdigest()[:10]
+    final = cache / "data" / f"{name}-{digest}"
+    if (final / "meta" / "episodes.jsonl").is_file():
+        _log(f"{name}: cached ({final})")
+        return final
+    partial = final.with_name(final.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    _log(f"{name}: collecting {len(tasks)} task(s) x {episodes} episode(s) x [{perturbation}]")
+    summary = collect_demonstrations(
+        settings.suite,
+        partial,
+        tasks=list(tasks),
+        episodes=episodes,
+        perturbation=perturbation,
+        severity=settings.severity,
+        image_size=settings.image_size,
+        num_workers=settings.workers,
+        seed=settings.seed,
+        init_offset=init_offset,
+        image_stride=settings.image_stride,
+    )
+    _log(f"{name}: kept {summary['episodes_kept']}/{summary['episodes_attempted']} in {summary['wall_seconds']:.0f} s")
+    os.replace(partial, final)
+    return final
+
+
+def collect_all(settings: DemoSettings, cache: Path) -> dict[str, Path]:
+    s = settings
+    return {
+        "clean": collect_stage(s, cache, "clean", s.teacher_tasks, s.teacher_clean_episodes, "none", 0),
+        "perturbed": collect_stage(
+            s, cache, "perturbed", s.teacher_tasks, s.teacher_perturbed_episodes, "all", s.teacher_clean_episodes
+        ),
+        "heldout": collect_stage(
+            s, cache, "heldout", s.heldout_tasks, 1, "none," + ",".join(PERTURBATION_KINDS), s.heldout_init
+        ),
+    }
+
+
+def split_datasets(settings: DemoSettings, data: dict[str, Path]) -> dict[str, Any]:
+    """Teacher (broad), student (narrow), target (small, clean) and held-out episode lists."""
+    from .data import read_episodes
+
+    clean = read_episodes(data["clean"])
+    perturbed = read_episodes(data["perturbed"])
+    heldout = read_episodes(data["heldout"])
+    first = min(e["init_index"] for e in clean)
+    return {
+        "teacher": clean + perturbed,
+        "student": [e for e in clean if e["init_index"] < first + settings.student_episodes],
+        "target": [e for e in clean if e["init_index"] < first + settings.target_episodes],
+        "heldout": heldout,
+    }
+
+
+# ----------------------------------------------------------------------------- 2. models
+def build_wam(settings: DemoSettings, role: str, episodes: list[dict[str, Any]]):
+    from .data import ChunkDataset
+    from .modeling import WorldActionModel
+    from .tokenizer import build_vocabulary
+
+    chunk = (settings.image_size // 8) ** 2
+    stats = ChunkDataset(episodes, chunk_size=chunk).statistics()
+    torch.manual_seed(settings.seed + (1 if role == "teacher" else 2))
+    teacher = role == "teacher"
+    return WorldActionModel(
+        backbone="wan" if teacher else "cosmos",
+        vocabulary=build_vocabulary(e["task"] for e in episodes),
+        image_size=settings.image_size,
+        pixel_block=8,
+        chunk_size=chunk,
+        num_layers=settings.teacher_layers if teacher else settings.student_layers,
+        num_attention_heads=settings.teacher_heads if teacher else settings.student_heads,
+        attention_head_dim=settings.head_dim,
+        text_dim=settings.text_dim,
+        **stats,
+    )
+
+
+def pretrain_stage(settings: DemoSettings, cache: Path, role: str, episodes: list[dict[str, Any]], data_key: str):
+    """Pretrain (or load the cached) teacher / student WAM; returns `(model, training result dict)`."""
+    from .data import ChunkDataset
+    from .modeling import WorldActionModel
+    from .training import train_wam
+
+    fields = [f"{role}_layers", f"{role}_heads", "head_dim", "text_dim", "batch_size", f"{role}_steps", f"{role}_lr"]
+    final = cache / "models" / f"{role}-{settings.key(*fields, 'seed', 'image_size')}-{data_key}"
+    if (final / "model.safetensors").is_file():
+        _log(f"{role}: cached ({final})")
+        return WorldActionModel.from_pretrained(final), json.loads((final / "training.json").read_text())
+    model = build_wam(settings, role, episodes)
+    dataset = ChunkDataset(episodes, chunk_size=model.chunk_size)
+    params = sum(p.numel() for p in model.parameters())
+    _log(
+        f"{role}: pretraining a {model.backbone_type} WAM ({params / 1e6:.2f}M parameters) on {dataset.num_episodes} "
+        f"demonstrations ({len(dataset)} samples)"
+    )
+    result = train_wam(
+        model,
+        model,
+        dataset,
+        steps=getattr(settings, f"{role}_steps"),
+        batch_size=settings.batch_size,
+        learning_rate=getattr(settings, f"{role}_lr"),
+        seed=settings.seed,
+        checkpoint=cache / "models" / f"{final.name}.ckpt",
+        desc=f"pretrain {role}",
+    )
+    partial = final.with_name(final.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    record = {
+        "losses": result.losses,
+        "seconds": result.seconds,
+        "parameters": params,
+        "episodes": dataset.num_episodes,
+        "samples": len(dataset),
+    }
+    _write_json(partial / "training.json", record)
+    os.replace(partial, final)
+    return WorldActionModel.from_pretrained(final), record
+
+
+def ckt_config(settings: DemoSettings, teacher, student):
+    from ..config import CKTConfig
+
+    return CKTConfig(
+        teacher=teacher,
+        teacher_layer=teacher.middle_layer(),
+        context_kwarg="encoder_hidden_states",
+        num_context_tokens=settings.num_context_tokens,
+        num_experts=settings.num_experts,
+        top_k=settings.top_k,
+        bottleneck_dim=settings.bottleneck_dim,
+        router_hidden_dim=settings.bottleneck_dim,
+        num_attention_heads=2,
+        adapter_dropout=0.1,
+        teacher_hidden_size=teacher.width,
+        student_hidden_size=student.text_dim,
+    )
+
+
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
+
+
+def lora_config(settings: DemoSettings, student, budget: int):
+    """LoRA on every attention and MLP projection of the student's blocks, at the smallest rank whose trainable
+    count is at least `budget` (unless `lora_rank` is set)."""
+    from peft import LoraConfig
+
+    linears = [
+        m
+        for name, m in student.backbone.transformer_blocks.named_modules()
+        if isinstance(m, torch.nn.Linear) and any(name.endswith(t) for t in LORA_TARGETS)
+    ]
+    per_rank = sum(m.in_features + m.out_features for m in linears)
+    rank = settings.lora_rank or max(1, math.ceil(budget / per_rank))
+    return LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS, lora_dropout=0.0)
+
+
+def adapter_stage(settings, cache, kind, teacher, student_path, target_episodes, data_key, budget=None):
+    """Train (or load) the CKT or LoRA adapter on the frozen student; returns `(folder, record)`."""
+    from peft import get_peft_model
+
+    import peft_ckt  # noqa: F401
+
+    from .data import ChunkDataset
+    from .modeling import WorldActionModel
+    from .training import train_wam
+
+    fields = [
+        "adapter_steps",
+        "batch_size",
+        f"{kind}_lr",
+        "num_context_tokens",
+        "num_experts",
+        "top_k",
+        "bottleneck_dim",
+        "lora_rank",
+        "seed",
+    ]
+    final = cache / "adapters" / f"{kind}-{settings.key(*fields)}-{data_key}-{Path(student_path).name}"
+    if (final / "adapter_config.json").is_file():
+        _log(f"student+{kind}: cached ({final})")
+        return final, json.loads((final / "training.json").read_text())
+    student = WorldActionModel.from_pretrained(student_path)
+    if kind == "ckt":
+        config = ckt_config(settings, teacher, student)
+    else:
+        config = lora_config(settings, student, budget or 0)
+    model = get_peft_model(student, config)
+    trainable, total = model.get_nb_trainable_parameters()
+    dataset = ChunkDataset(target_episodes, chunk_size=student.chunk_size)
+    _log(
+        f"student+{kind}: {trainable:,} trainable of {total:,} ({100 * trainable / total:.2f}%), "
+        f"{dataset.num_episodes} target demonstrations ({len(dataset)} samples)"
+    )
+    result = train_wam(
+        model,
+        student,
+        dataset,
+        steps=settings.adapter_steps,
+        batch_size=settings.batch_size,
+        learning_rate=getattr(settings, f"{kind}_lr"),
+        seed=settings.seed + 1,
+        teacher=teacher if kind == "ckt" else None,
+        checkpoint=cache / "adapters" / f"{final.name}.ckpt",
+        desc=f"train student+{kind}",
+    )
+    partial = final.with_name(final.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    record = {
+        "losses": result.losses,
+        "seconds": result.seconds,
+        "trainable_params": trainable,
+        "total_params": total,
+        "expert_counts": result.expert_counts,
+        "rank": getattr(config, "r", None),
+    }
+    _write_json(partial / "training.json", record)
+    os.replace(partial, final)
+    return final, record
+
+
+# ----------------------------------------------------------------------------- 4. rollouts
+def evaluate_policies(settings: DemoSettings, policies: dict[str, str], out: Path, progress: bool = True):
+    """Every policy on every (task, condition, init state); resumable through `episodes.jsonl`."""
+    from dataclasses import asdict as to_dict
+
+    from ..libero.evaluation import EpisodeJob, run_episode
+    from ..libero.parallel import run_jobs
+
+    record_file = out / "episodes.jsonl"
+    config = {"settings": _eval_key(settings), "policies": policies}
+    config_file = out / "eval_config.json"
+    done: dict[tuple, dict] = {}
+    if record_file.is_file() and config_file.is_file() and json.loads(config_file.read_text()) == config:
+        for line in record_file.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                done[(row["policy_name"], row["task_id"], row["perturbation"], row["init_index"])] = row
+    else:
+        record_file.unlink(missing_ok=True)
+        _write_json(config_file, config)
+    conditions = ["none", *PERTURBATION_KINDS]
+    jobs, names = [], []
+    for task in settings.eval_tasks:
+        for name, spec in policies.items():
+            for kind in conditions:
+                for k in range(settings.eval_episodes):
+                    init = settings.eval_init_offset + k
+                    if (name, task, kind, init) in done:
+                        continue
+                    jobs.append(
+                        EpisodeJob(
+                            suite=settings.suite,
+                            task_id=task,
+                            init_index=init,
+                            perturbation=kind,
+                            severity=settings.severity,
+                            policy=spec,
+                            image_size=settings.image_size,
+                            seed=settings.seed,
+                            max_steps=settings.eval_max_steps,
+                            video_dir=None,
+                        )
+                    )
+                    names.append(name)
+    by_spec = {spec: name for name, spec in policies.items()}
+    if jobs:
+        _log(f"evaluation: {len(jobs)} episode(s) to run ({len(done)} already recorded)")
+        with record_file.open("a") as handle:
+            for result in run_jobs(run_episode, jobs, settings.workers, desc="evaluate", progress=progress):
+                row = {**to_dict(result), "policy_name": by_spec[result.policy]}
+                done[(row["policy_name"], row["task_id"], row["perturbation"], row["init_index"])] = row
+                handle.write(json.dumps(row) + "\n")
+                handle.flush()
+    return list(done.values())
+
+
+def _eval_key(settings: DemoSettings) -> dict[str, Any]:
+    names = [
+        "suite",
+        "severity",
+        "seed",
+        "image_size",
+        "eval_tasks",
+        "eval_episodes",
+        "eval_init_offset",
+        "eval_max_steps",
+        "n_action_steps",
+    ]
+    return {n: getattr(settings, n) for n in names}
+
+
+def summarize_rollouts(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def rate(subset):
+        wins = sum(bool(r["success"]) for r in subset)
+        low, high = wilson_interval(wins, len(subset))
+        return {
+            "success_rate": wins / len(subset) if subset else None,
+            "successes": wins,
+            "episodes": len(subset),
+            "ci95": [round(low, 4), round(high, 4)],
+        }
+
+    perturbed = [r for r in rows if r["perturbation"] != "none"]
+    return {
+        "success_rate": rate(perturbed)["success_rate"],  # the LIBERO-Plus total: pooled over perturbed episodes
+        "perturbed": rate(perturbed),
+        "clean": rate([r for r in rows if r["perturbation"] == "none"]),
+        "by_perturbation": {
+            k: rate([r for r in rows if r["perturbation"] == k]) for k in ["none", *PERTURBATION_KINDS]
+        },
+    }
+
+
+# ----------------------------------------------------------------------------- 5. offline metrics
+@torch.no_grad()
+def offline_metrics(models: dict[str, Any], heldout, train_stats, settings: DemoSettings) -> dict[str, Any]:
+    """Action MSE of the sampled chunk and future-frame latent MSE on a fixed held-out set, for every model and the
+    trivial predictors, scored the same way (same samples, same sampling noise)."""
+    from .data import held_out_batches
+    from .modeling import sample
+
+    any_wam = next(iter(models.values()))["wam"]
+    batches = list(held_out_batches(heldout, max_samples=settings.heldout_samples, batch_size=128))
+    results: dict[str, dict[str, float]] = {}
+
+    def score(name, predict):
+        action_err = latent_err = 0.0
+        count = 0
+        for index, batch in enumerate(batches):
+            actions, latents = predict(batch, index)
+            true_latent = any_wam.image_latent(batch["future.images.image"])
+            action_err += (actions - batch["action"]).pow(2).mean(dim=(1, 2)).sum().item()
+            latent_err += (latents - true_latent).pow(2).mean(dim=(1, 2, 3)).sum().item()
+            count += len(batch["action"])
+        results[name] = {"action_mse": action_err / count, "future_latent_mse": latent_err / count}
+
+    def noise(batch, index):
+        generator = torch.Generator().manual_seed(10_000 + index)
+        shape = (len(batch["action"]), any_wam.latent_channels, 2, any_wam.latent_side, any_wam.latent_side)
+        return torch.randn(shape, generator=generator)
+
+    mean_action = torch.tensor(train_stats["mean_action"])
+    mean_latent = train_stats["mean_latent"]
+    score(
+        "zeros",
+        lambda b, i: (torch.zeros_like(b["action"]), torch.zeros_like(any_wam.image_latent(b["future.images.image"]))),
+    )
+    score(
+        "mean",
+        lambda b, i: (
+            mean_action.expand_as(b["action"]),
+            mean_latent.expand_as(any_wam.image_latent(b["future.images.image"])),
+        ),
+    )
+    for name, entry in models.items():
+        model, wam, teacher = entry["model"], entry["wam"], entry.get("teacher")
+
+        def predict(batch, index, model=model, wam=wam, teacher=teacher):
+            extra = {}
+            if teacher is not None:
+                extra["ckt_context"] = model.encode_teacher(teacher.teacher_inputs(batch))
+            out = sample(model, wam, batch, initial_noise=noise(batch, index), **extra)
+            return out["actions"], out["latents"][:, :, 1]
+
+        score(name, predict)
+    return results
+
+
+# ----------------------------------------------------------------------------- report
+def plot_success(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = ["none", *PERTURBATION_KINDS, "total"]
+    fig, ax = plt.subplots(figsize=(12, 4.2))
+    width = 0.8 / len(POLICIES)
+    colours = {"teacher": "#999999", "student": "#DD8452", "student+lora": "#55A868", "student+ckt": "#4C72B0"}
+    for i, name in enumerate(POLICIES):
+        row = report["policies"][name]
+        cells = [row["by_perturbation"][c] for c in columns[:-1]] + [row["perturbed"]]
+        values = [100 * (c["success_rate"] or 0) for c in cells]
+        low = [v - 100 * c["ci95"][0] for v, c in zip(values, cells)]
+        high = [100 * c["ci95"][1] - v for v, c in zip(values, cells)]
+        x = np.arange(len(columns)) + (i - (len(POLICIES) - 1) / 2) * width
+        ax.bar(
+            x,
+            values,
+            width,
+            label=name,
+            color=colours[name],
+            yerr=[low, high],
+            capsize=2,
+            error_kw={"elinewidth": 0.8, "alpha": 0.6},
+        )
+    ax.set_xticks(np.arange(len(columns)), ["clean", *PERTURBATION_KINDS, "total (perturbed)"], rotation=20)
+    ax.set_ylabel("success (%)")
+    ax.set_ylim(0, 105)
+    n = report["policies"]["student"]["by_perturbation"]["none"]["episodes"]
+    ax.set_title(f"LIBERO {report['settings']['suite']}: success by perturbation ({n} episodes per cell, 95% Wilson)")
+    ax.legend(ncols=4, fontsize=8, loc="upper right")
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def plot_training(records: dict[str, dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for name, record in records.items():
+        losses = np.asarray(record["losses"])
+        window = max(1, len(losses) // 40)
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax = axes[0] if name in ("teacher", "student") else axes[1]
+        ax.plot(np.arange(len(smooth)) + window - 1, smooth, label=name)
+    axes[0].set_title("pretraining (flow-matching loss)")
+    axes[1].set_title("adapters on the frozen student (target set)")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.legend()
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def plot_experts(counts: list[int], heldout_counts: Optional[list[int]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    x = np.arange(len(counts))
+    ax.bar(x - 0.2, np.asarray(counts) / max(1, sum(counts)), 0.4, label="training (top-1)")
+    if heldout_counts is not None:
+        ax.bar(x + 0.2, np.asarray(heldout_counts) / max(1, sum(heldout_counts)), 0.4, label="held-out (top-1)")
+    ax.set_xticks(x, [f"expert {i}" for i in x])
+    ax.set_ylabel("share of samples")
+    ax.set_title("CKT router: expert usage")
+    ax.legend()
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def _save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def record_gif(settings: DemoSettings, policies: dict[str, str], rows: list[dict[str, Any]], out: Path) -> dict:
+    """One episode of the student and of student+CKT under the same perturbation, side by side, as a GIF."""
+    import imageio.v2 as imageio
+
+    from ..libero.env import LiberoEnv
+    from ..libero.perturbations import Perturbation
+    from ..libero.policy import load_policy
+
+    def outcome(name, kind):
+        return [r["success"] for r in rows if r["policy_name"] == name and r["perturbation"] == kind]
+
+    # The perturbation where CKT gains most over the student (ties: the first).
+    gains = {k: sum(outcome("student+ckt", k)) - sum(outcome("student", k)) for k in PERTURBATION_KINDS}
+    kind = max(PERTURBATION_KINDS, key=lambda k: (gains[k], -PERTURBATION_KINDS.index(k)))
+    task, init = settings.eval_tasks[0], settings.eval_init_offset
+    frames: dict[str, list[np.ndarray]] = {}
+    successes = {}
+    for name in ("student", "student+ckt"):
+        policy = load_policy(policies[name])
+        policy_env = LiberoEnv(
+            settings.suite,
+            task,
+            image_size=settings.image_size,
+            seed=settings.seed,
+            render_images=False,
+            max_steps=settings.eval_max_steps,
+            perturbation=Perturbation(kind, settings.severity),
+        )
+        policy.reset()
+        policy_env.reset(init)
+        observation = policy_env.render_observation()
+        frames[name] = []
+        success = False
+        while policy_env.num_steps < policy_env.max_steps and not success:
+            if policy.needs_observation():
+                observation = policy_env.render_observation()
+            if policy_env.num_steps % 2 == 0:
+                frames[name].append(policy_env.render("image"))
+            observation, _, terminated, truncated, info = policy_env.step(policy.select_action(observation))
+            success = bool(info["is_success"])
+        successes[name] = success
+        policy_env.close()
+    length = max(len(f) for f in frames.values())
+    canvas = []
+    for i in range(length):
+        tiles = [np.kron(f[min(i, len(f) - 1)], np.ones((4, 4, 1), dtype=np.uint8)) for f in frames.values()]
+        canvas.append(np.concatenate([tiles[0], np.full((tiles[0].shape[0], 4, 3), 255, np.uint8), tiles[1]], 1))
+    path = out / "episode_student_vs_ckt.gif"
+    tmp = out / "episode_student_vs_ckt.tmp.gif"
+    imageio.mimsave(tmp, canvas, duration=0.1, loop=0)
+    os.replace(tmp, path)
+    return {"file": path.name, "perturbation": kind, "task_id": task, "init_index": init, "success": successes}
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    def pct(cell):
+        rate = cell["success_rate"]
+        if rate is None:
+            return "-"
+        return f"{100 * rate:.0f} ({cell['successes']}/{cell['episodes']})"
+
+    lines = [
+        "# LIBERO transfer experiment: CKT from a Wan teacher WAM into a Cosmos student WAM",
+        "",
+        f"Suite `{report['settings']['suite']}`, evaluation tasks {list(report['settings']['eval_tasks'])}, "
+        f"{report['settings']['eval_episodes']} episode(s) per task and condition, perturbation severity "
+        f"{report['settings']['severity']}, the same init states and seeds for every policy. Success in % "
+        "(successes/episodes); Total is pooled over the perturbed episodes (the LIBERO-Plus total), with its 95% "
+        "Wilson interval.",
+        "",
+        "| Policy | trainable | Clean | "
+        + " | ".join(k.capitalize() for k in PERTURBATION_KINDS)
+        + " | Total | 95% CI |",
+        "|---|---:|---:|" + "---:|" * len(PERTURBATION_KINDS) + "---:|---|",
+    ]
+    for name in POLICIES:
+        row = report["policies"][name]
+        cells = [pct(row["by_perturbation"][k]) for k in ["none", *PERTURBATION_KINDS]]
+        low, high = row["perturbed"]["ci95"]
+        budget = f"{row['trainable_params']:,} ({row['trainable_percent']:.2f}%)"
+        lines.append(
+            f"| {name} | {budget} | " + " | ".join(cells) + f" | {pct(row['perturbed'])} | "
+            f"{100 * low:.0f}-{100 * high:.0f} |"
+        )
+    lines += [
+        "",
+        "Offline, on a fixed held-out set of demonstrations (other init states, clean and perturbed), every row scored "
+        "on the same samples with the same sampling noise (lower is better):",
+        "",
+        "| Predictor | action MSE | future-frame latent MSE |",
+        "|---|---:|---:|",
+    ]
+    for name, row in report["offline"].items():
+        lines.append(f"| {name} | {row['action_mse']:.4f} | {row['future_latent_mse']:.4f} |")
+    lines += ["", f"Wall-clock: {report['timing']}", ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the whole run
+def run_demo(settings: DemoSettings, output: str | os.PathLike, cache: Optional[str | os.PathLike] = None) -> dict:
+    from .data import ChunkDataset
+    from .policy import _peft_type  # noqa: F401  (imports peft_ckt: CKT registered)
+
+    started = time.perf_counter()
+    timing: dict[str, float] = {}
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Path(cache) if cache is not None else out / "cache"
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+    t = time.perf_counter()
+    data = collect_all(settings, cache)
+    splits = split_datasets(settings, data)
+    data_key = hashlib.sha1("".join(str(p) for p in data.values()).encode()).hexdigest()[:8]
+    timing["collect"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    teacher, teacher_record = pretrain_stage(settings, cache, "teacher", splits["teacher"], data_key)
+    student, student_record = pretrain_stage(settings, cache, "student", splits["student"], data_key)
+    teacher.requires_grad_(False)
+    student_path = student.name_or_path
+    timing["pretrain"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    ckt_path, ckt_record = adapter_stage(settings, cache, "ckt", teacher, student_path, splits["target"], data_key)
+    lora_path, lora_record = adapter_stage(
+        settings, cache, "lora", None, student_path, splits["target"], data_key, budget=ckt_record["trainable_params"]
+    )
+    timing["adapters"] = time.perf_counter() - t
+
+    policies = {
+        "teacher": teacher.name_or_path,
+        "student": student_path,
+        "student+lora": str(lora_path),
+        "student+ckt": str(ckt_path),
+    }
+    t = time.perf_counter()
+    rows = evaluate_policies(settings, policies, out)
+    timing["evaluate"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    from peft import PeftModel
+
+    from .modeling import WorldActionModel
+
+    heldout = ChunkDataset(splits["heldout"], chunk_size=student.chunk_size)
+    train_target = ChunkDataset(splits["target"], chunk_size=student.chunk_size)
+    stats = {
+        "mean_action": train_target.action.mean(0).tolist(),
+        "mean_latent": student.image_latent(train_target.image[train_target.sample_rows]).mean(0),
+    }
+    lora_model = PeftModel.from_pretrained(WorldActionModel.from_pretrained(student_path), str(lora_path)).eval()
+    ckt_model = PeftModel.from_pretrained(
+        WorldActionModel.from_pretrained(student_path), str(ckt_path), teacher=teacher
+    ).eval()
+    models = {
+        "teacher": {"model": teacher, "wam": teacher},
+        "student": {"model": student, "wam": student},
+        "student+lora": {"model": lora_model, "wam": lora_model.base_model.model},
+        "student+ckt": {"model": ckt_model, "wam": ckt_model.base_model.model, "teacher": teacher},
+    }
+    offline = offline_metrics(models, heldout, stats, settings)
+    heldout_counts = _heldout_expert_counts(ckt_model, teacher, heldout, settings)
+    timing["offline"] = time.perf_counter() - t
+
+    def budget(record: Optional[dict]) -> tuple[int, float]:
+        # Teacher and student are frozen after pretraining: nothing of theirs is trained on the target set.
+        if record is None:
+            return 0, 0.0
+        return record["trainable_params"], 100 * record["trainable_params"] / record["total_params"]
+
+    report: dict[str, Any] = {"settings": asdict(settings), "policies": {}, "offline": offline}
+    for name, record in (
+        ("teacher", None),
+        ("student", None),
+        ("student+lora", lora_record),
+        ("student+ckt", ckt_record),
+    ):
+        summary = summarize_rollouts([r for r in rows if r["policy_name"] == name])
+        trainable, percent = budget(record)
+        report["policies"][name] = {
+            **summary,
+            "trainable_params": trainable,
+            "trainable_percent": percent,
+            "path": policies[name],
+        }
+    report["policies"]["student+ckt"]["trainable_percent_of_teacher_and_student"] = (
+        100 * ckt_record["trainable_params"] / (ckt_record["total_params"] + teacher_record["parameters"])
+    )
+    report["models"] = {
+        "teacher": {
+            "backbone": "WanTransformer3DModel",
+            "parameters": teacher_record["parameters"],
+            "layers": settings.teacher_layers,
+            "width": teacher.width,
+            "demonstrations": teacher_record["episodes"],
+            "teacher_layer": teacher.middle_layer(),
+        },
+        "student": {
+            "backbone": "CosmosTransformer3DModel",
+            "parameters": student_record["parameters"],
+            "layers": settings.student_layers,
+            "width": student.width,
+            "demonstrations": student_record["episodes"],
+        },
+        "target_demonstrations": len(splits["target"]),
+        "lora_rank": lora_record["rank"],
+    }
+    plot_success(report, out / "success_by_perturbation.png")
+    plot_training(
+        {"teacher": teacher_record, "student": student_record, "student+ckt": ckt_record, "student+lora": lora_record},
+        out / "training_loss.png",
+    )
+    plot_experts(ckt_record["expert_counts"] or [], heldout_counts, out / "expert_usage.png")
+    t = time.perf_counter()
+    report["episode_gif"] = record_gif(settings, policies, rows, out)
+    timing["gif"] = time.perf_counter() - t
+    timing["total"] = time.perf_counter() - started
+    report["timing"] = {k: round(v, 1) for k, v in timing.items()}
+    _write_json(out / "report.json", report)
+    tmp = out / "report.md.tmp"
+    tmp.write_text(markdown_report(report))
+    os.replace(tmp, out / "report.md")
+    return report
+
+
+@torch.no_grad()
+def _heldout_expert_counts(model, teacher, heldout, settings) -> list[int]:
+    from .data import held_out_batches
+
+    counts = None
+    for batch in held_out_batches(heldout, max_samples=settings.heldout_samples, batch_size=128):
+        context = model.encode_teacher(teacher.teacher_inputs(batch))
+        c = torch.bincount(context.topk_indices[:, 0], minlength=context.router_probs.shape[-1])
+        counts = c if counts is None else counts + c
+    return counts.tolist() if counts is not None else []
+
+
+__all__ = ["DemoSettings", "run_demo", "wilson_interval"]

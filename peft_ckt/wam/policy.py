@@ -1,0 +1,122 @@
+"""The world action model as a LeRobot-style LIBERO policy: a saved WAM, or a saved student WAM + adapter.
+
+`peft-ckt eval-libero --policy PATH` loads, through `WAMPolicy.from_pretrained(PATH)`:
+
+- a WAM folder (`config.json` with `"type": "wam"` + `model.safetensors`), or
+- a peft adapter folder (`adapter_config.json` + `adapter_model.safetensors`): a CKT adapter or a LoRA adapter on the
+  student WAM named by `base_model_name_or_path`. A CKT adapter's teacher is loaded from its stored reference.
+
+With CKT, the teacher and the adapter bank run once per predicted chunk (`encode_teacher`); the context is then
+reused for every denoising step of the student.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..libero.policy import LiberoPolicy, register_policy
+from .modeling import WorldActionModel, sample
+
+
+def observation_to_wam_batch(observation: dict[str, Any], device: torch.device | str = "cpu") -> dict[str, Any]:
+    """One env observation -> a batch of one: images `[1, H, W, 3]` uint8, state `[1, 8]`, `task` list."""
+    return {
+        "observation.images.image": torch.from_numpy(np.ascontiguousarray(observation["observation.images.image"]))[
+            None
+        ].to(device),
+        "observation.images.wrist_image": torch.from_numpy(
+            np.ascontiguousarray(observation["observation.images.wrist_image"])
+        )[None].to(device),
+        "observation.state": torch.as_tensor(observation["observation.state"], dtype=torch.float32)[None].to(device),
+        "task": [observation["task"]],
+    }
+
+
+@register_policy("wam")
+class WAMPolicy(LiberoPolicy):
+    """Plays `n_action_steps` actions of each chunk the world action model samples.
+
+    Args:
+        model: the `WorldActionModel`, or a `PeftModel` around it (CKT or LoRA).
+        n_action_steps: actions executed per chunk before sampling the next one.
+        seed: seed of the sampling noise, reset at every episode (the same noise for every policy compared).
+    """
+
+    needs_images = True
+    image_keys = ("image", "wrist_image")
+
+    def __init__(self, model: nn.Module, n_action_steps: int = 8, seed: int = 0) -> None:
+        super().__init__()
+        self.model = model.eval()
+        self.wam: WorldActionModel = _unwrap(model)
+        self.image_size = self.wam.image_size
+        self.n_action_steps = n_action_steps
+        self.seed = seed
+        self.is_ckt = _peft_type(model) == "CKT"
+        self.teacher: Optional[WorldActionModel] = None
+        if self.is_ckt:
+            self.teacher = model.base_model.peft_config[model.active_adapter].teacher_module
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def reset(self) -> None:
+        super().reset()
+        self._generator = torch.Generator().manual_seed(self.seed)
+
+    @torch.no_grad()
+    def predict_action_chunk(self, observation: dict[str, Any]) -> np.ndarray:
+        batch = observation_to_wam_batch(observation, self.wam.device)
+        ckt: dict[str, Any] = {}
+        if self.is_ckt:
+            teacher = self._teacher()
+            ckt["ckt_context"] = self.model.encode_teacher(teacher.teacher_inputs(batch))
+        chunk = sample(self.model, self.wam, batch, generator=self._generator, **ckt)["actions"][0]
+        return chunk.cpu().numpy()
+
+    def _teacher(self) -> WorldActionModel:
+        if self.teacher is None:
+            # A stored reference is loaded on first use by the CKT model; read it back from the config.
+            self.model.base_model._resolve_teacher(self.model.peft_config[self.model.active_adapter], load=True)
+            self.teacher = self.model.peft_config[self.model.active_adapter].teacher_module
+        return self.teacher
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, n_action_steps: int = 8, seed: int = 0) -> WAMPolicy:
+        """A WAM folder, or a peft adapter folder on a student WAM (see the module docstring)."""
+        directory = Path(path)
+        adapter_config = directory / "adapter_config.json"
+        if not adapter_config.is_file():
+            return cls(WorldActionModel.from_pretrained(directory), n_action_steps=n_action_steps, seed=seed)
+        from peft import PeftModel
+
+        import peft_ckt  # noqa: F401  (registers CKT with peft)
+
+        base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+        if not base:
+            raise ValueError(f"{adapter_config} names no base_model_name_or_path: cannot tell which student to load")
+        student = WorldActionModel.from_pretrained(base)
+        model = PeftModel.from_pretrained(student, str(directory))
+        return cls(model, n_action_steps=n_action_steps, seed=seed)
+
+
+def _unwrap(model: nn.Module) -> WorldActionModel:
+    if isinstance(model, WorldActionModel):
+        return model
+    base = getattr(getattr(model, "base_model", None), "model", None)
+    if isinstance(base, WorldActionModel):
+        return base
+    raise TypeError(f"Expected a WorldActionModel or a PeftModel around one; got {type(model).__name__}")
+
+
+def _peft_type(model: nn.Module) -> Optional[str]:
+    config = getattr(model, "peft_config", None)
+    if not config:
+        return None
+    peft_type = config[model.active_adapter].peft_type
+    return getattr(peft_type, "value", str(peft_type))

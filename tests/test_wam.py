@@ -1,0 +1,252 @@
+"""The reference world action model: save/load, training (and resume), CKT and LoRA on it, the policy wrapper.
+
+Real diffusers Wan (teacher) and Cosmos (student) backbones at a few thousand parameters; episodes are synthetic
+arrays with the LIBERO shapes (the LIBERO rollout through `eval-libero` is in test_wam_libero.py).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+
+import peft_ckt  # noqa: F401
+from peft_ckt import CKTConfig
+from peft_ckt.wam.data import ChunkDataset, held_out_batches
+from peft_ckt.wam.experiment import wilson_interval
+from peft_ckt.wam.modeling import WorldActionModel, flow_matching_loss, sample
+from peft_ckt.wam.tokenizer import InstructionTokenizer, build_vocabulary
+from peft_ckt.wam.training import train_wam
+
+INSTRUCTIONS = ["pick up the alphabet soup and place it in the basket", "pick up the milk and place it in the basket"]
+
+
+def fake_episodes(num: int = 2, length: int = 20, stride: int = 1, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "task": INSTRUCTIONS[i % 2],
+            "init_index": i,
+            "image_stride": stride,
+            "state": rng.normal(size=(length, 8)).astype(np.float32),
+            "action": rng.uniform(-1, 1, size=(length, 7)).astype(np.float32),
+            "image": rng.integers(0, 255, size=(length, 16, 16, 3), dtype=np.uint8),
+            "wrist_image": rng.integers(0, 255, size=(length, 16, 16, 3), dtype=np.uint8),
+        }
+        for i in range(num)
+    ]
+
+
+def tiny_wam(backbone: str, **kwargs) -> WorldActionModel:
+    torch.manual_seed(0 if backbone == "wan" else 1)
+    defaults = dict(
+        backbone=backbone,
+        vocabulary=build_vocabulary(INSTRUCTIONS),
+        image_size=16,
+        pixel_block=4,
+        chunk_size=16,
+        num_layers=4 if backbone == "wan" else 2,
+        num_attention_heads=2,
+        attention_head_dim=16,
+        text_dim=16,
+    )
+    return WorldActionModel(**{**defaults, **kwargs})
+
+
+def test_tokenizer_pads_and_marks_unknown_words():
+    tokenizer = InstructionTokenizer(build_vocabulary(INSTRUCTIONS), max_length=12)
+    ids = tokenizer(["pick up the milk", "grab the milk"])
+    assert ids.shape == (2, 12) and ids.dtype == torch.long
+    assert (ids[0, 4:] == 0).all() and (ids[0, :4] > 1).all()
+    assert ids[1, 0].item() == 1  # "grab" is unknown
+    assert tokenizer.unknown_fraction("grab the milk") == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="must start with"):
+        InstructionTokenizer(["milk"])
+
+
+def test_frames_round_trip_actions_and_images():
+    wam = tiny_wam("cosmos")
+    actions = torch.rand(3, 16, 7) * 2 - 1
+    actions[..., 6] = torch.where(actions[..., 6] > 0, 1.0, -1.0)
+    assert torch.allclose(wam.actions_from_frame(wam.action_frame(actions)), actions, atol=1e-6)
+    images = torch.randint(0, 256, (3, 16, 16, 3), dtype=torch.uint8)
+    back = wam.image_from_latent(wam.image_latent(images))
+    assert torch.allclose(back, images.permute(0, 3, 1, 2).float() / 255, atol=1e-6)
+
+
+def test_chunk_too_long_for_the_frame_is_refused():
+    with pytest.raises(ValueError, match="chunk_size"):
+        tiny_wam("cosmos", chunk_size=8)
+
+
+@pytest.mark.parametrize("backbone", ["wan", "cosmos"])
+def test_save_load_round_trip(tmp_path, backbone):
+    wam = tiny_wam(backbone, state_mean=[0.5] * 8).eval()
+    wam.save_pretrained(tmp_path / "wam")
+    config = json.loads((tmp_path / "wam" / "config.json").read_text())
+    assert config["type"] == "wam" and config["backbone"] == backbone and config["state_mean"] == [0.5] * 8
+    assert (tmp_path / "wam" / "model.safetensors").is_file()
+    loaded = WorldActionModel.from_pretrained(tmp_path / "wam")
+    assert loaded.name_or_path == str((tmp_path / "wam").resolve())
+    batch = ChunkDataset(fake_episodes()).batch(torch.arange(4))
+    noise = torch.randn(4, wam.latent_channels, 2, 4, 4)
+    a = sample(wam, wam, batch, initial_noise=noise)
+    b = sample(loaded, loaded, batch, initial_noise=noise)
+    assert torch.equal(a["actions"], b["actions"]) and torch.equal(a["latents"], b["latents"])
+    assert a["actions"].shape == (4, 16, 7) and a["future_image"].shape == (4, 3, 16, 16)
+
+
+def test_chunk_dataset_windows_and_image_stride():
+    episodes = fake_episodes(num=2, length=20, stride=4)
+    dataset = ChunkDataset(episodes, chunk_size=16)
+    assert len(dataset) == 10  # frames 0, 4, 8, 12, 16 of each episode
+    batch = dataset.batch(torch.tensor([0, 16, 20]))
+    assert torch.equal(batch["action"][0], torch.from_numpy(episodes[0]["action"][:16]))
+    # Past the end of the episode the last action repeats; the future frame stops at the last frame.
+    assert torch.equal(batch["action"][1, 3:], torch.from_numpy(episodes[0]["action"][19]).expand(13, 7))
+    assert torch.equal(batch["future.images.image"][1], torch.from_numpy(episodes[0]["image"][19]))
+    assert torch.equal(batch["future.images.image"][2], torch.from_numpy(episodes[1]["image"][16]))
+    assert batch["task"] == [INSTRUCTIONS[0], INSTRUCTIONS[0], INSTRUCTIONS[1]]
+    stats = dataset.statistics()
+    assert stats["action_mean"][6] == 0.0 and stats["action_std"][6] == 1.0
+
+
+def test_training_lowers_the_loss_and_resumes_bitwise(tmp_path):
+    dataset = ChunkDataset(fake_episodes(num=2, length=20))
+    batch = dataset.batch(torch.arange(len(dataset)))
+
+    def held_out_loss(model):
+        with torch.no_grad():
+            return flow_matching_loss(model, model, batch, generator=torch.Generator().manual_seed(0))["loss"].item()
+
+    straight = tiny_wam("cosmos")
+    before = held_out_loss(straight)
+    result = train_wam(straight, straight, dataset, steps=40, batch_size=8, learning_rate=3e-3, progress=False)
+    assert len(result.losses) == 40
+    assert held_out_loss(straight) < 0.8 * before
+
+    class Interrupt(Exception):
+        pass
+
+    class Failing(ChunkDataset):
+        calls = 0
+
+        def batch(self, rows, squeeze=False):
+            Failing.calls += 1
+            if Failing.calls == 6:
+                raise Interrupt
+            return super().batch(rows, squeeze)
+
+    interrupted = tiny_wam("cosmos")
+    failing = Failing(fake_episodes(num=2, length=20))
+    kwargs = dict(steps=8, batch_size=8, learning_rate=3e-3, progress=False, checkpoint=tmp_path / "c.pt")
+    with pytest.raises(Interrupt):
+        train_wam(interrupted, interrupted, failing, checkpoint_every=4, **kwargs)
+    assert (tmp_path / "c.pt").is_file()
+    resumed = train_wam(interrupted, interrupted, dataset, checkpoint_every=4, **kwargs)
+    assert resumed.resumed_from == 4 and not (tmp_path / "c.pt").exists()
+    reference = tiny_wam("cosmos")
+    train_wam(reference, reference, dataset, **{**kwargs, "checkpoint": None})
+    for (name, a), b in zip(interrupted.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def ckt_pair(folder):
+    teacher, student = tiny_wam("wan").eval(), tiny_wam("cosmos").eval()
+    teacher.requires_grad_(False)
+    # Saved first: the adapter records where its teacher and its student come from.
+    teacher.save_pretrained(folder / "teacher")
+    student.save_pretrained(folder / "student")
+    config = CKTConfig(
+        teacher=teacher,
+        teacher_layer=teacher.middle_layer(),
+        context_kwarg="encoder_hidden_states",
+        num_context_tokens=4,
+        num_experts=4,
+        top_k=2,
+        bottleneck_dim=16,
+        router_hidden_dim=16,
+        num_attention_heads=2,
+        teacher_hidden_size=teacher.width,
+        student_hidden_size=student.text_dim,
+    )
+    return teacher, student, config
+
+
+def test_ckt_on_the_wam_pair_trains_only_the_adapter_and_reuses_the_context(tmp_path):
+    teacher, student, config = ckt_pair(tmp_path)
+    model = get_peft_model(student, config)
+    dataset = ChunkDataset(fake_episodes())
+    batch = dataset.batch(torch.arange(6))
+    frozen = {n: p.clone() for n, p in student.named_parameters() if "ckt" not in n}
+    result = train_wam(model, student, dataset, steps=5, batch_size=4, teacher=teacher, progress=False)
+    assert sum(result.expert_counts) == 5 * 4
+    assert all(torch.equal(p, frozen[n]) for n, p in student.named_parameters() if n in frozen)
+    model.eval()
+    noise = torch.randn(6, student.latent_channels, 2, 4, 4)
+    context = model.encode_teacher(teacher.teacher_inputs(batch))
+    assert context.tokens.shape == (6, 2 * 4 + 1, student.text_dim)
+    reused = sample(model, student, batch, initial_noise=noise, ckt_context=context)
+    live = sample(model, student, batch, initial_noise=noise, teacher_inputs=teacher.teacher_inputs(batch))
+    assert torch.allclose(reused["latents"], live["latents"], atol=1e-6)
+    with model.disable_adapter():
+        alone = sample(model, student, batch, initial_noise=noise)
+    assert not torch.allclose(alone["latents"], reused["latents"])
+    # Saved with the student as base model and the teacher as a reference; reloaded identically.
+    model.save_pretrained(tmp_path / "ckt")
+    saved = json.loads((tmp_path / "ckt" / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == str((tmp_path / "student").resolve())
+    assert saved["teacher"] == str((tmp_path / "teacher").resolve())
+    from peft_ckt.wam.policy import WAMPolicy
+
+    policy = WAMPolicy.from_pretrained(tmp_path / "ckt")
+    assert policy.is_ckt
+    context2 = policy.model.encode_teacher(policy._teacher().teacher_inputs(batch))
+    again = sample(policy.model, policy.wam, batch, initial_noise=noise, ckt_context=context2)
+    assert torch.allclose(again["latents"], reused["latents"], atol=1e-6)
+
+
+def test_lora_baseline_policy_and_budget(tmp_path):
+    student = tiny_wam("cosmos")
+    student.save_pretrained(tmp_path / "student")
+    config = LoraConfig(r=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    model = get_peft_model(WorldActionModel.from_pretrained(tmp_path / "student"), config)
+    trainable, _ = model.get_nb_trainable_parameters()
+    assert trainable > 0
+    train_wam(model, model.base_model.model, ChunkDataset(fake_episodes()), steps=3, batch_size=4, progress=False)
+    model.save_pretrained(tmp_path / "lora")
+    from peft_ckt.libero.policy import load_policy
+
+    policy = load_policy(tmp_path / "lora")
+    assert not policy.is_ckt and isinstance(policy.model, PeftModel)
+    observation = {
+        "observation.images.image": np.zeros((16, 16, 3), np.uint8),
+        "observation.images.wrist_image": np.zeros((16, 16, 3), np.uint8),
+        "observation.state": np.zeros(8, np.float32),
+        "task": INSTRUCTIONS[0],
+    }
+    policy.reset()
+    assert policy.needs_observation()
+    first = policy.select_action(observation)
+    assert first.shape == (7,) and not policy.needs_observation()
+    chunk = [first] + [policy.select_action(observation) for _ in range(policy.n_action_steps - 1)]
+    assert policy.needs_observation()
+    policy.reset()  # the same seed at every episode: the same chunk again
+    assert np.array_equal(policy.select_action(observation), chunk[0])
+
+
+def test_held_out_batches_are_fixed():
+    dataset = ChunkDataset(fake_episodes(num=3, length=20))
+    a = [b["action"] for b in held_out_batches(dataset, max_samples=10, batch_size=4)]
+    b = [b["action"] for b in held_out_batches(dataset, max_samples=10, batch_size=4)]
+    assert [x.shape[0] for x in a] == [4, 4, 2] and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_wilson_interval():
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0 and high == pytest.approx(0.2775, abs=1e-3)
+    low, high = wilson_interval(5, 10)
+    assert (low, high) == (pytest.approx(0.2366, abs=1e-3), pytest.approx(0.7634, abs=1e-3))
