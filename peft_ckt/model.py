@@ -331,9 +331,11 @@ class CKTModel(BaseTuner):
             del model._validate_model_kwargs
 
     def _student_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> Optional[tuple[tuple, dict]]:
-        ckt_kwargs = {name: kwargs[name] for name in CKT_FORWARD_KWARGS if kwargs.get(name) is not None}
+        """Permanent on the student: `teacher_inputs`/`ckt_context` never reach its forward. Inside a PeftModel call
+        they were already used; with the adapter disabled they are ignored; on a direct call they are used here."""
         if not any(name in kwargs for name in CKT_FORWARD_KWARGS):
             return None
+        ckt_kwargs = {name: kwargs[name] for name in CKT_FORWARD_KWARGS if kwargs.get(name) is not None}
         kwargs = {k: v for k, v in kwargs.items() if k not in CKT_FORWARD_KWARGS}
         layer = getattr(self.model, LAYER_NAME, None)
         if (
