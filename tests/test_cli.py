@@ -66,3 +66,11 @@ def test_console_script_help():
     assert proc.returncode == 0
     for name in OWN_SUBCOMMANDS:
         assert name in proc.stdout
+
+
+def test_python_dash_m_runs_the_command():
+    # The documented `python -m peft_ckt.commands ...` / `accelerate launch -m peft_ckt.commands train ...` form.
+    out = subprocess.run(
+        [sys.executable, "-m", "peft_ckt.commands", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0 and "peft-ckt" in out.stdout and "eval-libero" in out.stdout

@@ -228,6 +228,8 @@ def test_eval_libero_cli_policy_folder_under_perturbation(tmp_path):
         (["--perturbation", "fog"], "Unknown perturbation 'fog'"),
         (["--tasks", "12"], "libero_object has tasks 0..9"),
         (["--policy", "no/such/folder"], "policy folder with config.json"),
+        (["--init-offset", "49", "--episodes", "2"], "50 init states per task"),
+        (["--episodes", "51"], "50 init states per task"),
     ],
 )
 def test_eval_libero_cli_rejects_bad_arguments(tmp_path, args, message):
@@ -236,3 +238,13 @@ def test_eval_libero_cli_rejects_bad_arguments(tmp_path, args, message):
     with pytest.raises(SystemExit, match=message):
         main(["eval-libero", "--suite", "libero_object", "--output", str(tmp_path / "out"), *args])
     assert not (tmp_path / "out").exists()  # nothing written before the arguments are valid
+
+
+@pytest.mark.parametrize("command", ["eval-libero", "collect-libero"])
+def test_output_folder_that_cannot_be_created_is_one_clear_line(tmp_path, command):
+    from peft_ckt.commands import main
+
+    (tmp_path / "file").write_text("x")
+    for output, reason in ((tmp_path / "file" / "out", "is a file"), ("/proc/out", "not writable")):
+        with pytest.raises(SystemExit, match=f"{command}: error: cannot create the output folder .*{reason}"):
+            main([command, "--suite", "libero_object", "--output", str(output)])

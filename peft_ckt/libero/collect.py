@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .parallel import cached_env, cached_policy, default_num_workers, run_jobs
+from .parallel import cached_policy, default_num_workers, episode_env, run_jobs
 from .perturbations import Perturbation, expand_perturbations
 from .runtime import LiberoConfigError
 
@@ -37,24 +37,20 @@ class CollectJob:
 def collect_episode(job: CollectJob) -> dict[str, Any]:
     """Run one expert episode without rendering; render and encode its frames if it is kept."""
     from .dataset import encode_png
-    from .env import LiberoEnv
     from .expert import ScriptedExpertPolicy
 
     policy = cached_policy("scripted", ScriptedExpertPolicy)
-    key = ("collect", job.suite, job.task_id, job.image_size, job.seed, job.max_steps)
-    env = cached_env(
-        key,
-        lambda: LiberoEnv(
-            job.suite,
-            job.task_id,
-            image_size=job.image_size,
-            render_images=False,
-            privileged=True,
-            seed=job.seed,
-            max_steps=job.max_steps,
-        ),
+    env = episode_env(
+        job.suite,
+        job.task_id,
+        perturbation=job.perturbation,
+        severity=job.severity,
+        seed=job.seed,
+        max_steps=job.max_steps,
+        image_size=job.image_size,
+        render_images=False,
+        privileged=True,
     )
-    env.perturbation = Perturbation(job.perturbation, job.severity)
     start = time.perf_counter()
     policy.reset()
     observation = env.reset(job.init_index)
@@ -140,15 +136,18 @@ def collect_demonstrations(
             raise ValueError(f"{suite} has tasks 0..{total - 1}; got {task_ids}")
         if episodes < 1:
             raise ValueError(f"episodes must be >= 1; got {episodes}")
+        if init_offset < 0 or init_offset + episodes > 50:
+            raise ValueError(
+                f"LIBERO ships 50 init states per task (0-49); init_offset={init_offset} with episodes={episodes} "
+                f"needs states {init_offset}-{init_offset + episodes - 1}"
+            )
         if image_stride < 1:
             raise ValueError(f"image_stride must be >= 1; got {image_stride}")
         writer = LeRobotDatasetWriter(output_dir, image_keys=tuple(CAMERAS), image_size=(image_size, image_size))
     except (ValueError, FileExistsError) as err:
         raise LiberoConfigError(str(err)) from err
     jobs = [
-        CollectJob(
-            suite, t, (init_offset + k) % 50, kind, severity, image_size, seed, keep_failures, max_steps, image_stride
-        )
+        CollectJob(suite, t, init_offset + k, kind, severity, image_size, seed, keep_failures, max_steps, image_stride)
         for t in task_ids
         for kind in kinds
         for k in range(episodes)

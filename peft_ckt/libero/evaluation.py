@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .parallel import cached_env, cached_policy, default_num_workers, run_jobs
+from .parallel import cached_policy, default_num_workers, episode_env, run_jobs
 from .perturbations import LIBERO_PLUS_COLUMNS, PERTURBATIONS, Perturbation, expand_perturbations
 from .runtime import LiberoConfigError
 
@@ -53,7 +53,6 @@ def _load_policy(spec: str):
 
 def run_episode(job: EpisodeJob) -> EpisodeResult:
     """One episode in this process (envs and policy cached between calls)."""
-    from .env import LiberoEnv
 
     policy = cached_policy(job.policy, lambda: _load_policy(job.policy))
     needs_images = bool(getattr(policy, "needs_images", True))
@@ -63,21 +62,18 @@ def run_episode(job: EpisodeJob) -> EpisodeResult:
     # A chunking policy looks at the cameras only when its action queue is empty: render just then.
     lazy_render = needs_images and callable(getattr(policy, "needs_observation", None))
     render_every_step = needs_images and not lazy_render
-    key = (job.suite, job.task_id, image_size, cameras, render_every_step, privileged, job.seed, job.max_steps)
-    env = cached_env(
-        key,
-        lambda: LiberoEnv(
-            job.suite,
-            job.task_id,
-            image_size=image_size,
-            cameras=cameras,
-            render_images=render_every_step,
-            privileged=privileged,
-            seed=job.seed,
-            max_steps=job.max_steps,
-        ),
+    env = episode_env(
+        job.suite,
+        job.task_id,
+        perturbation=job.perturbation,
+        severity=job.severity,
+        seed=job.seed,
+        max_steps=job.max_steps,
+        image_size=image_size,
+        cameras=cameras,
+        render_images=render_every_step,
+        privileged=privileged,
     )
-    env.perturbation = Perturbation(job.perturbation, job.severity)
     start = time.perf_counter()
     policy.reset()
     observation = env.reset(job.init_index)
@@ -269,6 +265,11 @@ def evaluate_libero(
             raise ValueError(f"Unknown suite {suite!r}; expected one of {', '.join(SUITE_MAX_STEPS)}")
         if episodes < 1:
             raise ValueError(f"episodes must be >= 1; got {episodes}")
+        if init_offset < 0 or init_offset + episodes > 50:
+            raise ValueError(
+                f"LIBERO ships 50 init states per task (0-49); init_offset={init_offset} with episodes={episodes} "
+                f"needs states {init_offset}-{init_offset + episodes - 1}"
+            )
         kinds = expand_perturbations(perturbation)
         Perturbation("none", severity)  # validates the severity
         task_ids = list(range(num_tasks(suite))) if not tasks else list(tasks)
@@ -297,7 +298,7 @@ def evaluate_libero(
         EpisodeJob(
             suite=suite,
             task_id=task_id,
-            init_index=(init_offset + k) % 50,
+            init_index=init_offset + k,
             perturbation=kind,
             severity=severity,
             policy=policy_spec,

@@ -33,6 +33,44 @@ def cached_policy(spec: str, factory: Callable[[], Any]) -> Any:
     return _POLICY_CACHE["policy"]
 
 
+def episode_env(
+    suite: str,
+    task_id: int,
+    *,
+    perturbation: str,
+    severity: int,
+    seed: int,
+    max_steps: int | None,
+    image_size: int,
+    cameras: tuple[str, ...] = ("image", "wrist_image"),
+    render_images: bool = True,
+    privileged: bool = False,
+) -> Any:
+    """This worker's environment for an episode (built once per task and settings), with its perturbation set.
+
+    The episode itself starts with `env.reset(init_index)`, which applies the perturbation.
+    """
+    from .env import LiberoEnv
+    from .perturbations import Perturbation
+
+    key = (suite, task_id, image_size, tuple(cameras), render_images, privileged, seed, max_steps)
+    env = cached_env(
+        key,
+        lambda: LiberoEnv(
+            suite,
+            task_id,
+            image_size=image_size,
+            cameras=tuple(cameras),
+            render_images=render_images,
+            privileged=privileged,
+            seed=seed,
+            max_steps=max_steps,
+        ),
+    )
+    env.perturbation = Perturbation(perturbation, severity)
+    return env
+
+
 def close_cached() -> None:
     env = _ENV_CACHE.pop("env", None)
     _ENV_CACHE.clear()
@@ -41,7 +79,26 @@ def close_cached() -> None:
         env.close()
 
 
-def _init_worker() -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """Make the kernel send this worker SIGKILL when its parent dies, however it dies (SIGKILL included)."""
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    # The parent may have died before prctl took effect: then this worker was re-parented already.
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    # Ctrl-C reaches the whole process group: the parent stops the pool, workers must not print tracebacks.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _init_worker(parent_pid: int) -> None:
+    _die_with_parent(parent_pid)
     # Each worker is one simulation; torch's own thread pool would fight the other workers for the cores.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
@@ -53,6 +110,18 @@ def _init_worker() -> None:
     from .runtime import configure_libero
 
     configure_libero()
+
+
+def _terminate_pool(pool: ProcessPoolExecutor) -> None:
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=5)
+        if process.is_alive():
+            process.kill()
 
 
 def default_num_workers(num_jobs: int) -> int:
@@ -84,7 +153,11 @@ def run_jobs(
                 close_cached()
             return
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=num_workers, mp_context=context, initializer=_init_worker) as pool:
+        pool = ProcessPoolExecutor(
+            max_workers=num_workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(),)
+        )
+        finished = False
+        try:
             # Keep at most 2 jobs per worker in flight so that jobs stay in task order (and envs stay cached).
             pending, queue = set(), list(jobs)[::-1]
             while queue or pending:
@@ -95,5 +168,12 @@ def run_jobs(
                     result = future.result()
                     bar.update(1)
                     yield result
+            finished = True
+        finally:
+            if finished:
+                pool.shutdown(wait=True)
+            else:
+                # Interrupted (Ctrl-C, an error, or the consumer stopped): no worker may outlive this call.
+                _terminate_pool(pool)
     finally:
         bar.close()

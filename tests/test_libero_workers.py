@@ -1,0 +1,74 @@
+"""No simulation worker outlives the process that started it: SIGKILL, SIGTERM or Ctrl-C (SIGINT) of the parent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    from peft_ckt.libero.parallel import run_jobs
+
+    def sleepy(job):
+        print(f"worker {os.getpid()}", flush=True)
+        time.sleep(120)
+        return job
+
+    if __name__ == "__main__":
+        try:
+            for _ in run_jobs(sleepy, list(range(4)), num_workers=2, desc="test", progress=False):
+                pass
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+            sys.exit(130)
+    """
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (already dead, not yet reaped by init) counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+def test_workers_die_with_their_parent(tmp_path, sig):
+    script = tmp_path / "pool.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PEFT_CKT_LIBERO_CACHE": str(tmp_path / "libero")}
+    parent = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+    )
+    workers = []
+    deadline = time.monotonic() + 120
+    while len(workers) < 2 and time.monotonic() < deadline:
+        line = parent.stdout.readline()
+        if line.startswith("worker "):
+            workers.append(int(line.split()[1]))
+    assert len(workers) == 2, "the workers did not start"
+    parent.send_signal(sig)
+    parent.wait(timeout=30)
+    if sig == signal.SIGINT:
+        assert parent.returncode == 130 and "interrupted" in parent.stdout.read()
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    survivors = [pid for pid in workers if _alive(pid)]
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, f"workers {survivors} outlived their parent ({sig.name})"
