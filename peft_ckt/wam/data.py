@@ -126,7 +126,10 @@ class ChunkDataset(Dataset):
         action_mean = self.action.mean(0)
         action_std = self.action.std(0).clamp_min(1e-3)
         action_mean[6], action_std[6] = 0.0, 1.0
+        pixels = self.image[self.sample_rows].float().div(255.0).reshape(-1, 3)
         return {
+            "image_mean": pixels.mean(0).tolist(),
+            "image_std": pixels.std(0).clamp_min(1e-3).tolist(),
             "state_mean": self.state.mean(0).tolist(),
             "state_std": self.state.std(0).clamp_min(1e-3).tolist(),
             "action_mean": action_mean.tolist(),

@@ -44,11 +44,11 @@ class DemoSettings:
     severity: int = 3
     seed: int = 0
     # Data: init states 0.. for training, `heldout_init` for the offline set, `eval_init_offset..` for rollouts.
-    teacher_tasks: tuple[int, ...] = tuple(range(10))
-    teacher_clean_episodes: int = 2
-    teacher_perturbed_episodes: int = 1
-    student_episodes: int = 1
-    target_episodes: int = 2
+    teacher_tasks: tuple[int, ...] = (0, 1, 2, 3)
+    teacher_clean_episodes: int = 3
+    teacher_perturbed_episodes: int = 2
+    student_episodes: int = 2
+    target_episodes: int = 3
     heldout_tasks: tuple[int, ...] = (0, 1, 2, 3)
     heldout_init: int = 45
     # Models.
@@ -63,10 +63,10 @@ class DemoSettings:
     teacher_steps: int = 1200
     student_steps: int = 500
     adapter_steps: int = 400
-    teacher_lr: float = 1e-3
-    student_lr: float = 1e-3
-    ckt_lr: float = 1e-3
-    lora_lr: float = 1e-3
+    teacher_lr: float = 1.5e-3
+    student_lr: float = 1.5e-3
+    ckt_lr: float = 2e-3
+    lora_lr: float = 2e-3
     # CKT (paper defaults scaled to the small widths) and LoRA.
     num_context_tokens: int = 8
     num_experts: int = 4
@@ -77,7 +77,7 @@ class DemoSettings:
     eval_tasks: tuple[int, ...] = (0, 1, 2, 3)
     eval_episodes: int = 1
     eval_init_offset: int = 40
-    eval_max_steps: int = 250
+    eval_max_steps: int = 220
     n_action_steps: int = 8
     workers: int = 2
     heldout_samples: int = 512
@@ -86,14 +86,17 @@ class DemoSettings:
     def quick(cls) -> DemoSettings:
         """The same steps at the smallest counts that still exercise every stage (`make demo QUICK=1`)."""
         return cls(
-            teacher_tasks=(0, 1),
+            teacher_tasks=(0,),
             teacher_clean_episodes=1,
+            teacher_perturbed_episodes=1,
+            student_episodes=1,
+            target_episodes=1,
             heldout_tasks=(0,),
-            teacher_steps=150,
-            student_steps=80,
-            adapter_steps=60,
+            teacher_steps=100,
+            student_steps=60,
+            adapter_steps=40,
             eval_tasks=(0,),
-            eval_max_steps=120,
+            eval_max_steps=80,
             heldout_samples=128,
         )
 
@@ -125,50 +128,92 @@ def _log(message: str) -> None:
 
 
 # ----------------------------------------------------------------------------- 1. data
-def collect_stage(settings: DemoSettings, cache: Path, name: str, tasks, episodes, perturbation, init_offset) -> Path:
-    """One cached collection; written to a temporary folder and renamed when complete."""
-    from ..libero.collect import collect_demonstrations
+def _collect_named(named_job: tuple[str, Any]) -> dict[str, Any]:
+    """One expert episode in a worker, tagged with the dataset it belongs to (module level: sent to workers)."""
+    from ..libero.collect import collect_episode
 
-    key = settings.key("suite", "image_size", "image_stride", "severity", "seed")
-    spec = json.dumps([list(tasks), episodes, perturbation, init_offset])
-    digest = hashlib.sha1((key + spec).encode()).hexdigest()[:10]
-    final = cache / "data" / f"{name}-{digest}"
-    if (final / "meta" / "episodes.jsonl").is_file():
-        _log(f"{name}: cached ({final})")
-        return final
-    partial = final.with_name(final.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    _log(f"{name}: collecting {len(tasks)} task(s) x {episodes} episode(s) x [{perturbation}]")
-    summary = collect_demonstrations(
-        settings.suite,
-        partial,
-        tasks=list(tasks),
-        episodes=episodes,
-        perturbation=perturbation,
-        severity=settings.severity,
-        image_size=settings.image_size,
-        num_workers=settings.workers,
-        seed=settings.seed,
-        init_offset=init_offset,
-        image_stride=settings.image_stride,
-    )
-    _log(f"{name}: kept {summary['episodes_kept']}/{summary['episodes_attempted']} in {summary['wall_seconds']:.0f} s")
-    os.replace(partial, final)
-    return final
+    name, job = named_job
+    return {**collect_episode(job), "dataset": name}
 
 
-def collect_all(settings: DemoSettings, cache: Path) -> dict[str, Path]:
+def collect_all(settings: DemoSettings, cache: Path, progress: bool = True) -> dict[str, Path]:
+    """The three demonstration sets (teacher clean, teacher perturbed, held-out), collected in one worker pool.
+
+    All the episodes of a task run back to back, so each worker builds each task's environment once (building one
+    costs ~9 s, as much as two episodes). Each set is written into a temporary folder and renamed when complete.
+    """
+    from ..libero.collect import CollectJob
+    from ..libero.dataset import LeRobotDatasetWriter
+    from ..libero.env import CAMERAS
+    from ..libero.parallel import run_jobs
+
     s = settings
-    return {
-        "clean": collect_stage(s, cache, "clean", s.teacher_tasks, s.teacher_clean_episodes, "none", 0),
-        "perturbed": collect_stage(
-            s, cache, "perturbed", s.teacher_tasks, s.teacher_perturbed_episodes, "all", s.teacher_clean_episodes
+    specs = {
+        "clean": (s.teacher_tasks, s.teacher_clean_episodes, ["none"], 0),
+        "perturbed": (
+            s.teacher_tasks,
+            s.teacher_perturbed_episodes,
+            list(PERTURBATION_KINDS),
+            s.teacher_clean_episodes,
         ),
-        "heldout": collect_stage(
-            s, cache, "heldout", s.heldout_tasks, 1, "none," + ",".join(PERTURBATION_KINDS), s.heldout_init
-        ),
+        "heldout": (s.heldout_tasks, 1, ["none", *PERTURBATION_KINDS], s.heldout_init),
     }
+    key = s.key("suite", "image_size", "image_stride", "severity", "seed")
+    finals = {}
+    for name, (tasks, episodes, kinds, offset) in specs.items():
+        spec = "all" if kinds == list(PERTURBATION_KINDS) else ",".join(kinds)
+        digest = hashlib.sha1((key + json.dumps([list(tasks), episodes, spec, offset])).encode()).hexdigest()[:10]
+        finals[name] = cache / "data" / f"{name}-{digest}"
+    todo = [name for name, path in finals.items() if not (path / "meta" / "episodes.jsonl").is_file()]
+    for name in finals:
+        if name not in todo:
+            _log(f"{name} demonstrations: cached ({finals[name]})")
+    if not todo:
+        return finals
+    jobs = []
+    for name in todo:
+        tasks, episodes, kinds, offset = specs[name]
+        for task in tasks:
+            for kind in kinds:
+                for k in range(episodes):
+                    job = CollectJob(
+                        s.suite, task, offset + k, kind, s.severity, s.image_size, s.seed, False, None, s.image_stride
+                    )
+                    jobs.append((name, job))
+    jobs.sort(key=lambda item: item[1].task_id)  # stable: each task's episodes together
+    writers = {}
+    for name in todo:
+        partial = finals[name].with_name(finals[name].name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        writers[name] = LeRobotDatasetWriter(partial, image_keys=tuple(CAMERAS), image_size=(s.image_size,) * 2)
+    _log(f"collecting {len(jobs)} scripted demonstrations ({', '.join(todo)}) with {s.workers} worker(s)")
+    start = time.perf_counter()
+    kept = dict.fromkeys(todo, 0)
+    for result in run_jobs(_collect_named, jobs, s.workers, desc="collect demonstrations", progress=progress):
+        if result["images"] is None:
+            continue  # the expert failed: not a demonstration
+        kept[result["dataset"]] += 1
+        writers[result["dataset"]].add_episode(
+            result["states"],
+            result["actions"],
+            result["images"],
+            task=result["task"],
+            extra={
+                key: result[key] for key in ("success", "suite", "task_id", "init_index", "perturbation", "severity")
+            }
+            | {"image_stride": s.image_stride},
+        )
+    for name in todo:
+        writers[name].finalize()
+        os.replace(finals[name].with_name(finals[name].name + ".partial"), finals[name])
+    attempted = {name: sum(1 for n, _ in jobs if n == name) for name in todo}
+    _log(
+        "kept "
+        + ", ".join(f"{name} {kept[name]}/{attempted[name]}" for name in todo)
+        + f" in {time.perf_counter() - start:.0f} s"
+    )
+    return finals
 
 
 def split_datasets(settings: DemoSettings, data: dict[str, Path]) -> dict[str, Any]:
@@ -360,9 +405,7 @@ def adapter_stage(settings, cache, kind, teacher, student_path, target_episodes,
 # ----------------------------------------------------------------------------- 4. rollouts
 def evaluate_policies(settings: DemoSettings, policies: dict[str, str], out: Path, progress: bool = True):
     """Every policy on every (task, condition, init state); resumable through `episodes.jsonl`."""
-    from dataclasses import asdict as to_dict
-
-    from ..libero.evaluation import EpisodeJob, run_episode
+    from ..libero.evaluation import EpisodeJob
     from ..libero.parallel import run_jobs
 
     record_file = out / "episodes.jsonl"
@@ -405,12 +448,19 @@ def evaluate_policies(settings: DemoSettings, policies: dict[str, str], out: Pat
     if jobs:
         _log(f"evaluation: {len(jobs)} episode(s) to run ({len(done)} already recorded)")
         with record_file.open("a") as handle:
-            for result in run_jobs(run_episode, jobs, settings.workers, desc="evaluate", progress=progress):
-                row = {**to_dict(result), "policy_name": by_spec[result.policy]}
+            for result in run_jobs(_run_episode, jobs, settings.workers, desc="evaluate", progress=progress):
+                row = {**result, "policy_name": by_spec[result["policy"]]}
                 done[(row["policy_name"], row["task_id"], row["perturbation"], row["init_index"])] = row
                 handle.write(json.dumps(row) + "\n")
                 handle.flush()
     return list(done.values())
+
+
+def _run_episode(job) -> dict[str, Any]:
+    """One rollout in a worker, with the policy it ran (module level: sent to worker processes)."""
+    from ..libero.evaluation import run_episode
+
+    return {**asdict(run_episode(job)), "policy": job.policy}
 
 
 def _eval_key(settings: DemoSettings) -> dict[str, Any]:
@@ -702,7 +752,8 @@ def run_demo(settings: DemoSettings, output: str | os.PathLike, cache: Optional[
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache) if cache is not None else out / "cache"
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    # Small matrices: more than 2 threads buys nothing here, and oversubscribed threads stall badly.
+    torch.set_num_threads(int(os.environ.get("PEFT_CKT_NUM_THREADS", min(2, os.cpu_count() or 1))))
 
     t = time.perf_counter()
     data = collect_all(settings, cache)

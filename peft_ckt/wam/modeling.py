@@ -69,6 +69,8 @@ class WorldActionModel(
         max_text_length: instruction length `L` in words (padded / cut).
         state_mean, state_std, action_mean, action_std: normalisation of the 8-d state and the 7-d action (the
             gripper action stays in {-1, 1}: give mean 0 / std 1 there).
+        image_mean, image_std: per-colour normalisation of the pixels in [0, 1], so that image latents have unit
+            variance like the noise they are mixed with (the role of a VAE's scaling factor).
         future_loss_weight: weight of the future-frame denoising loss beside the action loss.
         num_inference_steps: Euler steps of `sample`.
     """
@@ -90,7 +92,9 @@ class WorldActionModel(
         state_std: Optional[list[float]] = None,
         action_mean: Optional[list[float]] = None,
         action_std: Optional[list[float]] = None,
-        future_loss_weight: float = 0.5,
+        image_mean: Optional[list[float]] = None,
+        image_std: Optional[list[float]] = None,
+        future_loss_weight: float = 0.25,
         num_inference_steps: int = 5,
     ) -> None:
         super().__init__()
@@ -121,8 +125,10 @@ class WorldActionModel(
             ("state_std", state_std, STATE_DIM),
             ("action_mean", action_mean, ACTION_DIM),
             ("action_std", action_std, ACTION_DIM),
+            ("image_mean", image_mean, 3),
+            ("image_std", image_std, 3),
         ):
-            default = 0.0 if name.endswith("mean") else 1.0
+            default = {"image_mean": 0.5, "image_std": 0.5}.get(name, 0.0 if name.endswith("mean") else 1.0)
             tensor = torch.tensor(values if values is not None else [default] * size, dtype=torch.float32)
             if tensor.shape != (size,):
                 raise ValueError(f"{name} must have {size} values; got {tuple(tensor.shape)}")
@@ -185,6 +191,26 @@ class WorldActionModel(
         model = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         return _remember_path(model.eval(), pretrained_model_name_or_path)
 
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, map_location: str = "cpu", **kwargs: Any) -> WorldActionModel:
+        # Every weight must be in the file (strict), read from safetensors only (never a pickle).
+        hub_kwargs = {
+            k: kwargs.pop(k)
+            for k in ("revision", "cache_dir", "force_download", "local_files_only", "token", "strict")
+            if k in kwargs
+        }
+        model = cls(**kwargs)
+        if os.path.isdir(model_id):
+            model_file = os.path.join(model_id, "model.safetensors")
+            if not os.path.isfile(model_file):
+                raise FileNotFoundError(f"{model_file} not found: not a saved WorldActionModel folder")
+        else:
+            from huggingface_hub import hf_hub_download
+
+            hub_kwargs.pop("strict", None)
+            model_file = hf_hub_download(repo_id=model_id, filename="model.safetensors", **hub_kwargs)
+        return cls._load_as_safetensor(model, model_file, map_location, True)
+
     # ------------------------------------------------------------------ names CKT needs
     @property
     def block_prefix(self) -> str:
@@ -211,16 +237,18 @@ class WorldActionModel(
         return self.tokenizer(instructions).to(self.device)
 
     def image_latent(self, images: torch.Tensor) -> torch.Tensor:
-        """`[B, 3, S, S]` in [0, 1] (or uint8 `[B, S, S, 3]`) -> `[B, C, h, w]` in [-1, 1]."""
+        """`[B, 3, S, S]` in [0, 1] (or uint8 `[B, S, S, 3]`) -> normalised `[B, C, h, w]`."""
         if images.dtype == torch.uint8:
             images = images.permute(0, 3, 1, 2).float().div(255.0)
         if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
             images = F.interpolate(images, size=(self.image_size, self.image_size), mode="area")
-        return F.pixel_unshuffle(images * 2.0 - 1.0, self.pixel_block)
+        normalised = (images - self.image_mean.view(1, 3, 1, 1)) / self.image_std.view(1, 3, 1, 1)
+        return F.pixel_unshuffle(normalised, self.pixel_block)
 
     def image_from_latent(self, latent: torch.Tensor) -> torch.Tensor:
         """Inverse of `image_latent`: `[B, C, h, w]` -> `[B, 3, S, S]` in [0, 1]."""
-        return (F.pixel_shuffle(latent, self.pixel_block) + 1.0).div(2.0).clamp(0.0, 1.0)
+        images = F.pixel_shuffle(latent, self.pixel_block)
+        return (images * self.image_std.view(1, 3, 1, 1) + self.image_mean.view(1, 3, 1, 1)).clamp(0.0, 1.0)
 
     def _tile(self, values: torch.Tensor) -> torch.Tensor:
         """`[B, n_tokens, D]` -> `[B, C, h, w]`: each token's D values repeated over its C channels."""
