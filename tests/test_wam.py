@@ -250,3 +250,38 @@ def test_wilson_interval():
     assert low == 0.0 and high == pytest.approx(0.2775, abs=1e-3)
     low, high = wilson_interval(5, 10)
     assert (low, high) == (pytest.approx(0.2366, abs=1e-3), pytest.approx(0.7634, abs=1e-3))
+
+
+def test_report_rows_tables_and_plots(tmp_path):
+    from peft_ckt.wam.experiment import (
+        PERTURBATION_KINDS,
+        POLICIES,
+        markdown_report,
+        plot_experts,
+        plot_success,
+        summarize_rollouts,
+    )
+
+    rows = []
+    for p, name in enumerate(POLICIES):
+        for kind in ["none", *PERTURBATION_KINDS]:
+            for init in range(3):
+                rows.append({"policy_name": name, "perturbation": kind, "success": (init + p) % 3 == 0})
+    offline = {s: {"action_mse": 0.2, "future_frame_mse": 0.01} for s in ("clean", "perturbed")}
+    report = {"settings": {"suite": "libero_object", "eval_tasks": [0], "eval_episodes": 3, "severity": 3},
+              "policies": {}, "offline": {"zeros": offline},
+              "timing": {"total": 1.0}}  # fmt: skip
+    for name in POLICIES:
+        summary = summarize_rollouts([r for r in rows if r["policy_name"] == name])
+        report["policies"][name] = {**summary, "trainable_params": 10, "trainable_percent": 1.0}
+    student = report["policies"]["student"]
+    assert student["perturbed"]["episodes"] == 21 and student["clean"]["episodes"] == 3
+    assert student["success_rate"] == student["perturbed"]["successes"] / 21
+    low, high = student["by_perturbation"]["camera"]["ci95"]
+    assert 0 <= low <= student["by_perturbation"]["camera"]["success_rate"] <= high <= 1
+    table = markdown_report(report)
+    assert "| student+ckt | 10 (1.00%) |" in table and "| zeros | 0.2000 | 0.2000 | 0.0100 | 0.0100 |" in table
+    plot_success(report, tmp_path / "success.png")
+    plot_experts([3, 1, 0, 4], [2, 2, 2, 2], tmp_path / "experts.png")
+    for name in ("success.png", "experts.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
