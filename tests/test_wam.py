@@ -285,3 +285,12 @@ def test_report_rows_tables_and_plots(tmp_path):
     plot_experts([3, 1, 0, 4], [2, 2, 2, 2], tmp_path / "experts.png")
     for name in ("success.png", "experts.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_public_names():
+    import peft_ckt.wam as wam
+
+    assert wam.WorldActionModel is WorldActionModel and wam.sample is sample
+    assert callable(wam.run_demo) and wam.WAMPolicy.name == "wam"
+    with pytest.raises(AttributeError):
+        wam.NoSuchThing  # noqa: B018

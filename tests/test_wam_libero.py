@@ -59,4 +59,6 @@ def test_collect_with_an_image_stride_holds_frames_between_renders(tmp_path):
     assert not np.array_equal(images[8], images[7])  # the last frame is always rendered
     dataset = ChunkDataset([episode], chunk_size=16)
     assert dataset.sample_rows.tolist() == [0, 4, 8]
-    assert torch.equal(dataset.batch(torch.tensor([0]))["future.images.image"][0], torch.from_numpy(episode["image"][8]))
+    assert torch.equal(
+        dataset.batch(torch.tensor([0]))["future.images.image"][0], torch.from_numpy(episode["image"][8])
+    )
