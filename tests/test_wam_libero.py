@@ -62,3 +62,30 @@ def test_collect_with_an_image_stride_holds_frames_between_renders(tmp_path):
     assert torch.equal(
         dataset.batch(torch.tensor([0]))["future.images.image"][0], torch.from_numpy(episode["image"][8])
     )
+
+
+def test_demo_evaluation_appends_episodes_and_resumes(tmp_path):
+    import dataclasses
+
+    from test_wam import tiny_wam
+
+    from peft_ckt.wam.experiment import DemoSettings, evaluate_policies
+
+    tiny_wam("cosmos").save_pretrained(tmp_path / "student")
+    settings = dataclasses.replace(DemoSettings.quick(), eval_tasks=(0,), eval_max_steps=3, workers=0, image_size=16)
+    policies = {"student": str(tmp_path / "student")}
+    out = tmp_path / "eval"
+    out.mkdir()
+    rows = evaluate_policies(settings, policies, out, progress=False)
+    assert len(rows) == 8 and {r["perturbation"] for r in rows} >= {"none", "camera", "layout"}
+    lines = (out / "episodes.jsonl").read_text().splitlines()
+    assert len(lines) == 8
+    # Interrupted after 5 episodes: the rerun runs the 3 missing ones only, and records the same results.
+    (out / "episodes.jsonl").write_text("\n".join(lines[:5]) + "\n")
+    again = evaluate_policies(settings, policies, out, progress=False)
+    resumed = (out / "episodes.jsonl").read_text().splitlines()
+    assert len(resumed) == 8 and resumed[:5] == lines[:5]
+    key = lambda r: (r["perturbation"], r["init_index"])  # noqa: E731
+    assert sorted((key(r), r["steps"], r["success"]) for r in again) == sorted(
+        (key(r), r["steps"], r["success"]) for r in rows
+    )
