@@ -88,9 +88,8 @@ class ChunkDataset(Dataset):
             fresh.append(torch.arange(offset, offset + length, stride))
             offset += length
         self.sample_rows = torch.cat(fresh)
-        self.future_offset = {int(e.get("image_stride", 1) or 1) for e in episodes}
-        stride = max(self.future_offset)
         # The future frame is the fresh frame nearest below t + chunk.
+        stride = max(int(e.get("image_stride", 1) or 1) for e in episodes)
         self.future_offset = (chunk_size // stride) * stride if chunk_size >= stride else chunk_size
         # Per frame: its episode, its global row, the last row of its episode.
         self.episode_of = torch.repeat_interleave(torch.arange(len(episodes)), torch.tensor(lengths))

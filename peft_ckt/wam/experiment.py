@@ -285,9 +285,6 @@ def pretrain_stage(settings: DemoSettings, cache: Path, role: str, episodes: lis
         checkpoint=cache / "models" / f"{final.name}.ckpt",
         desc=f"pretrain {role}",
     )
-    partial = final.with_name(final.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
     record = {
         "losses": result.losses,
         "seconds": result.seconds,
@@ -295,9 +292,17 @@ def pretrain_stage(settings: DemoSettings, cache: Path, role: str, episodes: lis
         "episodes": dataset.num_episodes,
         "samples": len(dataset),
     }
+    _save_stage(model, record, final)
+    return WorldActionModel.from_pretrained(final), record
+
+
+def _save_stage(model, record: dict[str, Any], final: Path) -> None:
+    """`save_pretrained` + `training.json` into a temporary folder, renamed into place when complete."""
+    partial = final.with_name(final.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
     _write_json(partial / "training.json", record)
     os.replace(partial, final)
-    return WorldActionModel.from_pretrained(final), record
 
 
 def ckt_config(settings: DemoSettings, teacher, student):
@@ -386,9 +391,6 @@ def adapter_stage(settings, cache, kind, teacher, student_path, target_episodes,
         checkpoint=cache / "adapters" / f"{final.name}.ckpt",
         desc=f"train student+{kind}",
     )
-    partial = final.with_name(final.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
     record = {
         "losses": result.losses,
         "seconds": result.seconds,
@@ -397,8 +399,7 @@ def adapter_stage(settings, cache, kind, teacher, student_path, target_episodes,
         "expert_counts": result.expert_counts,
         "rank": getattr(config, "r", None),
     }
-    _write_json(partial / "training.json", record)
-    os.replace(partial, final)
+    _save_stage(model, record, final)
     return final, record
 
 
@@ -664,9 +665,8 @@ def record_gif(settings: DemoSettings, policies: dict[str, str], rows: list[dict
     """One episode of the student and of student+CKT under the same perturbation, side by side, as a GIF."""
     import imageio.v2 as imageio
 
-    from ..libero.env import LiberoEnv
-    from ..libero.perturbations import Perturbation
-    from ..libero.policy import load_policy
+    from ..libero.evaluation import EpisodeJob, run_episode
+    from ..libero.parallel import close_cached
 
     def outcome(name, kind):
         return [r["success"] for r in rows if r["policy_name"] == name and r["perturbation"] == kind]
@@ -678,30 +678,23 @@ def record_gif(settings: DemoSettings, policies: dict[str, str], rows: list[dict
     frames: dict[str, list[np.ndarray]] = {}
     successes = {}
     for name in ("student", "student+ckt"):
-        policy = load_policy(policies[name])
-        policy_env = LiberoEnv(
-            settings.suite,
-            task,
-            image_size=settings.image_size,
-            seed=settings.seed,
-            render_images=False,
-            max_steps=settings.eval_max_steps,
-            perturbation=Perturbation(kind, settings.severity),
-        )
-        policy.reset()
-        policy_env.reset(init)
-        observation = policy_env.render_observation()
-        frames[name] = []
-        success = False
-        while policy_env.num_steps < policy_env.max_steps and not success:
-            if policy.needs_observation():
-                observation = policy_env.render_observation()
-            if policy_env.num_steps % 2 == 0:
-                frames[name].append(policy_env.render("image"))
-            observation, _, terminated, truncated, info = policy_env.step(policy.select_action(observation))
-            success = bool(info["is_success"])
-        successes[name] = success
-        policy_env.close()
+        # The evaluator's own episode, with its MP4 of the agent view, in this process.
+        video_dir = out / f".gif-{name}"
+        shutil.rmtree(video_dir, ignore_errors=True)
+        video_dir.mkdir()
+        job = EpisodeJob(
+            suite=settings.suite, task_id=task, init_index=init, perturbation=kind, severity=settings.severity,
+            policy=policies[name], image_size=settings.image_size, seed=settings.seed,
+            max_steps=settings.eval_max_steps, video_dir=str(video_dir),
+        )  # fmt: skip
+        try:
+            result = run_episode(job)
+        finally:
+            close_cached()
+        with imageio.get_reader(result.video, format="ffmpeg") as reader:
+            frames[name] = [np.asarray(frame) for frame in reader][::2]
+        successes[name] = result.success
+        shutil.rmtree(video_dir)
     length = max(len(f) for f in frames.values())
     canvas = []
     for i in range(length):
@@ -768,8 +761,9 @@ def markdown_report(report: dict[str, Any]) -> str:
 
 # ----------------------------------------------------------------------------- the whole run
 def run_demo(settings: DemoSettings, output: str | os.PathLike, cache: Optional[str | os.PathLike] = None) -> dict:
+    import peft_ckt  # noqa: F401  (registers CKT with peft)
+
     from .data import ChunkDataset
-    from .policy import _peft_type  # noqa: F401  (imports peft_ckt: CKT registered)
 
     started = time.perf_counter()
     timing: dict[str, float] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -59,8 +60,6 @@ def train_wam(
     With `teacher` (a CKT model), each batch's teacher inputs are built by the teacher and passed as
     `teacher_inputs=`; the load-balancing term `model.auxiliary_loss()` is added to the loss.
     """
-    import time
-
     if steps < 1:
         raise ValueError(f"steps must be >= 1; got {steps}")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -71,7 +70,6 @@ def train_wam(
         optimizer, lambda s: _cosine_with_warmup(s, steps, min(warmup_steps, steps // 5 + 1))
     )
     result = TrainingResult()
-    num_experts = None
     start_step = 0
     checkpoint_path = Path(checkpoint) if checkpoint is not None else None
     if checkpoint_path is not None and checkpoint_path.is_file():
@@ -102,8 +100,7 @@ def train_wam(
             loss = loss + model.auxiliary_loss()
             context = model.last_context()
             if context is not None:
-                num_experts = context.router_probs.shape[-1]
-                counts = torch.bincount(context.topk_indices[:, 0].cpu(), minlength=num_experts)
+                counts = torch.bincount(context.topk_indices[:, 0].cpu(), minlength=context.router_probs.shape[-1])
                 result.expert_counts = (
                     counts.tolist()
                     if result.expert_counts is None
