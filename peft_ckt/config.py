@@ -111,6 +111,13 @@ class CKTConfig(PeftConfig):
         default=8, metadata={"help": "Heads of the learnable-query cross-attention (must divide d_s)."}
     )
     adapter_dropout: float = field(default=0.1, metadata={"help": "Dropout after each branch's bottleneck MLP."})
+    attention_dropout: float = field(
+        default=0.1,
+        metadata={
+            "help": "Dropout on the attention weights of each branch's learnable-query cross-attention, in training "
+            "(the paper's nn.MultiheadAttention(dropout=0.1)). Adapters saved before this field load with 0.1."
+        },
+    )
     router_noise: bool = field(
         default=True, metadata={"help": "Add learned-scale Gaussian noise to the router logits in training."}
     )
@@ -118,7 +125,25 @@ class CKTConfig(PeftConfig):
         default=True, metadata={"help": "Insert a learned <SEP> token between the conditioning and the context."}
     )
     load_balance_weight: float = field(
-        default=0.01, metadata={"help": "Weight of the load-balancing loss L_bal added to the student's loss."}
+        default=0.01,
+        metadata={
+            "help": "Weight of the load-balancing loss L_bal added to the student's loss (0: the paper's 'no "
+            "auxiliary loss' ablation)."
+        },
+    )
+    use_generalized_adapter: bool = field(
+        default=True,
+        metadata={
+            "help": "Keep the always-on generalized adapter (C_g). False is the paper's 'no generalized adapter' "
+            "ablation: the context is the routed C_s only (K tokens)."
+        },
+    )
+    use_specialized_adapters: bool = field(
+        default=True,
+        metadata={
+            "help": "Keep the router and the M specialized adapters (C_s). False is the paper's 'no specialized "
+            "adapters' ablation: the context is C_g only (K tokens), with no router and no L_bal."
+        },
     )
     modules_to_save: Optional[list[str]] = field(
         default=None,
@@ -175,6 +200,13 @@ class CKTConfig(PeftConfig):
             raise ValueError(f"`num_attention_heads` must be a positive integer, got {self.num_attention_heads!r}.")
         if not 0.0 <= self.adapter_dropout < 1.0:
             raise ValueError(f"`adapter_dropout` must be in [0, 1), got {self.adapter_dropout}.")
+        if not 0.0 <= self.attention_dropout < 1.0:
+            raise ValueError(f"`attention_dropout` must be in [0, 1), got {self.attention_dropout}.")
+        if not (self.use_generalized_adapter or self.use_specialized_adapters):
+            raise ValueError(
+                "`use_generalized_adapter` and `use_specialized_adapters` cannot both be False: the context would "
+                "be empty."
+            )
         if self.load_balance_weight < 0:
             raise ValueError(f"`load_balance_weight` must be >= 0, got {self.load_balance_weight}.")
         for name in ("teacher_hidden_size", "student_hidden_size"):

@@ -110,6 +110,7 @@ def build_model_card(
         "trainable_percent": round(trainable_pct, 4),
     }
     title = repo_id or "CKT adapter"
+    branches = int(config.use_generalized_adapter) + int(config.use_specialized_adapters)
     class_name = teacher_class.rsplit(".", 1)[-1]
     if teacher_ref:
         teacher_lines = f'from {teacher_class.split(".")[0]} import {class_name}\n\nteacher = {class_name}.from_pretrained("{teacher_ref}")'
@@ -133,8 +134,9 @@ injected into the frozen student's conditioning sequence.
 | Student (`base_model`) | {f"`{base_model}`" if base_model else f"`{student_class}` (no Hub id recorded)"} |
 | Teacher | {teacher_text} |
 | Teacher layer `l*` | `{config.teacher_layer}` |
-| Context tokens per branch `K` | {config.num_context_tokens} (context length {2 * config.num_context_tokens}{" + 1 separator" if config.use_separator else ""}) |
-| Specialized adapters `M` / top-k | {config.num_experts} / {config.top_k} |
+| Context tokens per branch `K` | {config.num_context_tokens} (context length {branches * config.num_context_tokens}{" + 1 separator" if config.use_separator else ""}) |
+| Generalized adapter | {"yes" if config.use_generalized_adapter else "no (ablation)"} |
+| Specialized adapters `M` / top-k | {f"{config.num_experts} / {config.top_k}" if config.use_specialized_adapters else "none (ablation)"} |
 | Injection | `{config.injection}` into `{config.context_kwarg or config.target_modules}` |
 | Trainable parameters | {trainable:,} of {total:,} ({trainable_pct:.4f}% of the student + adapter) |
 

@@ -23,7 +23,8 @@ class CKTContext:
 
     Attributes:
         tokens (`torch.Tensor` `[B, 2K(+1), d_s]`):
-            `[<SEP> ; C_g ; C_s]` for "append", `[C_g ; C_s ; <SEP>]` for "prepend" (no `<SEP>` when disabled).
+            `[<SEP> ; C_g ; C_s]` for "append", `[C_g ; C_s ; <SEP>]` for "prepend" (no `<SEP>` when disabled; `K`
+            tokens fewer when an ablation drops `C_g` or `C_s`).
         router_probs (`torch.Tensor` `[B, M]`, fp32): router probabilities (after noise, before top-k).
         topk_indices (`torch.Tensor` `[B, k]`): selected specialized adapters per sample.
         topk_weights (`torch.Tensor` `[B, k]`, fp32): their gates, renormalised to sum to 1 per sample (see
@@ -44,6 +45,8 @@ class CKTContext:
     def expert_share(self) -> torch.Tensor:
         """`[M]` share of the batch whose top-1 specialized adapter is each expert (fp32)."""
         num_experts = self.router_probs.shape[-1]
+        if num_experts == 0:  # no specialized adapters (ablation)
+            return self.router_probs.new_zeros(0)
         return F.one_hot(self.topk_indices[:, 0], num_experts).float().mean(0)
 
 
@@ -59,13 +62,20 @@ class LearnableQueryCrossAttention(nn.Module):
       projection is applied after pooling (`softmax @ (W_v,h x + b_v,h) = W_v,h (softmax @ x) + b_v,h`, rows of the
       softmax sum to 1). Keys and values are never formed: cost per token `~2 h K d` instead of `~2 d^2`. At the
       paper's sizes (d=2048, 8 heads, K=32) that is 8x fewer FLOPs and no `[B, N, d]` key/value activations.
+
+    In training, `dropout` zeroes attention weights (as `nn.MultiheadAttention(dropout=...)` does): one mask
+    `[B, h, K, N]` is drawn per call and both forms apply it, so they stay equal. The dropped rows no longer sum
+    to 1, so the absorbed form then adds the value bias scaled by each row's sum instead of once.
     """
 
-    def __init__(self, hidden_size: int, num_queries: int, num_heads: int):
+    def __init__(self, hidden_size: int, num_queries: int, num_heads: int, dropout: float = 0.0):
         super().__init__()
         if hidden_size % num_heads:
             raise ValueError(f"hidden size {hidden_size} is not divisible by num_attention_heads={num_heads}.")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"attention dropout must be in [0, 1), got {dropout}.")
         self.num_heads = num_heads
+        self.dropout = dropout
         self.queries = nn.Parameter(torch.randn(num_queries, hidden_size) * hidden_size**-0.5)
         self.to_q = nn.Linear(hidden_size, hidden_size)
         self.to_k = nn.Linear(hidden_size, hidden_size)
@@ -88,14 +98,28 @@ class LearnableQueryCrossAttention(nn.Module):
         num_tokens = tokens.shape[1]
         # The queries do not depend on the sample: project them once per call and broadcast over the batch.
         query = self.to_q(self.queries)  # [K, d]
+        keep = self.dropout_mask(tokens) if self.training and self.dropout > 0 else None
         if self.uses_absorbed_attention(num_tokens):
-            attended = self._attend_absorbed(query, tokens)
+            attended = self._attend_absorbed(query, tokens, keep)
         else:
-            attended = self._attend_projected(query, tokens)
+            attended = self._attend_projected(query, tokens, keep)
         return self.norm(self.queries + self.to_out(attended))
 
-    def _attend_projected(self, query: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """`query [K, d]`, `tokens [B, N, d]` -> attended values `[B, K, d]` (before `to_out`)."""
+    def dropout_mask(self, tokens: torch.Tensor) -> torch.Tensor:
+        """A fresh attention-dropout mask for `tokens [B, N, d]`: `[B, h, K, N]` bool, True where a weight is kept."""
+        batch, num_tokens = tokens.shape[:2]
+        shape = (batch, self.num_heads, self.queries.shape[0], num_tokens)
+        return torch.rand(shape, device=tokens.device) >= self.dropout
+
+    def _drop(self, probs: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Inverted dropout of attention weights with a given mask (same shape as `probs`)."""
+        return probs * keep.to(probs.dtype) * (1.0 / (1.0 - self.dropout))
+
+    def _attend_projected(
+        self, query: torch.Tensor, tokens: torch.Tensor, keep: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """`query [K, d]`, `tokens [B, N, d]` -> attended values `[B, K, d]` (before `to_out`). `keep [B, h, K, N]`:
+        attention-dropout mask (see [`dropout_mask`]), None for no dropout."""
         # Explicit sizes (no -1): a batch of 0 samples stays valid, and torch.compile can trace symbolic batches.
         batch, num_tokens, hidden = tokens.shape
         num_queries, heads = query.shape[0], self.num_heads
@@ -103,10 +127,19 @@ class LearnableQueryCrossAttention(nn.Module):
         query = query.view(1, num_queries, heads, head_dim).transpose(1, 2)  # [1, h, K, d/h]
         key = self.to_k(tokens).view(batch, num_tokens, heads, head_dim).transpose(1, 2)  # [B, h, N, d/h]
         value = self.to_v(tokens).view(batch, num_tokens, heads, head_dim).transpose(1, 2)
-        attended = F.scaled_dot_product_attention(query.expand(batch, heads, num_queries, head_dim), key, value)
+        query = query.expand(batch, heads, num_queries, head_dim)
+        if keep is None:
+            attended = F.scaled_dot_product_attention(query, key, value)
+        else:
+            # SDPA's own dropout draws a mask the absorbed form could not reproduce: spell the attention out.
+            logits = torch.matmul(query, key.transpose(-2, -1)) * head_dim**-0.5  # [B, h, K, N]
+            probs = logits.softmax(dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32)).to(logits.dtype)
+            attended = torch.matmul(self._drop(probs, keep), value)  # [B, h, K, d/h]
         return attended.transpose(1, 2).reshape(batch, num_queries, hidden)
 
-    def _attend_absorbed(self, query: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def _attend_absorbed(
+        self, query: torch.Tensor, tokens: torch.Tensor, keep: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """Same result as [`_attend_projected`] without forming keys and values (see the class docstring)."""
         batch, num_tokens, hidden = tokens.shape
         num_queries, heads = query.shape[0], self.num_heads
@@ -124,15 +157,22 @@ class LearnableQueryCrossAttention(nn.Module):
         logits = logits + (key_bias * scale).to(logits.dtype)
         # softmax in (at least) fp32 whatever the compute dtype (bf16 autocast), like the fused attention kernels
         probs = logits.softmax(dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32)).to(logits.dtype)
+        if keep is not None:
+            probs = self._drop(probs, keep.reshape(batch, heads * num_queries, num_tokens))
         pooled = torch.bmm(probs, tokens)  # [B, h*K, d]: softmax @ x
         # value projection per head as one batched GEMM over heads: [h, B*K, d] @ [h, d, d/h]
         pooled = pooled.view(batch, heads, num_queries, hidden).transpose(0, 1)
         pooled = pooled.reshape(heads, batch * num_queries, hidden)
         value_weight = self.to_v.weight.view(heads, head_dim, hidden)
         attended = torch.bmm(pooled, value_weight.transpose(1, 2))  # [h, B*K, d/h]
-        attended = attended.view(heads, batch, num_queries, head_dim).permute(1, 2, 0, 3)
-        attended = attended.reshape(batch, num_queries, hidden)
-        return attended + self.to_v.bias.to(attended.dtype)
+        attended = attended.view(heads, batch, num_queries, head_dim).permute(1, 2, 0, 3)  # [B, K, h, d/h]
+        value_bias = self.to_v.bias.to(attended.dtype)
+        if keep is None:  # rows of the softmax sum to 1: the value bias passes through once
+            return attended.reshape(batch, num_queries, hidden) + value_bias
+        # dropped rows sum to anything: each (query, head) gets the value bias times its row sum
+        row_sums = probs.sum(-1).view(batch, heads, num_queries).transpose(1, 2)  # [B, K, h]
+        attended = attended + row_sums[..., None] * value_bias.view(heads, head_dim)
+        return attended.reshape(batch, num_queries, hidden)
 
 
 class CKTBranch(nn.Module):
@@ -149,6 +189,7 @@ class CKTBranch(nn.Module):
         num_context_tokens: int,
         num_attention_heads: int,
         dropout: float,
+        attention_dropout: float = 0.0,
     ):
         super().__init__()
         self.down = nn.Linear(teacher_hidden_size, bottleneck_dim)
@@ -156,7 +197,7 @@ class CKTBranch(nn.Module):
         self.norm = nn.LayerNorm(student_hidden_size)
         self.dropout = nn.Dropout(dropout)
         self.cross_attention = LearnableQueryCrossAttention(
-            student_hidden_size, num_context_tokens, num_attention_heads
+            student_hidden_size, num_context_tokens, num_attention_heads, dropout=attention_dropout
         )
 
     def forward(self, teacher_features: torch.Tensor) -> torch.Tensor:
@@ -229,7 +270,10 @@ def load_balance_loss(router_probs: torch.Tensor, topk_indices: torch.Tensor) ->
 class CKTAdapterBank(nn.Module):
     """Everything one CKT adapter trains: the generalized adapter, the router, M specialized adapters, `<SEP>`.
 
-    `bank(H_T [B, N, d_t]) -> CKTContext` with `tokens [B, 2K(+1), d_s]`.
+    `bank(H_T [B, N, d_t]) -> CKTContext` with `tokens [B, 2K(+1), d_s]`. The paper's ablations drop a part:
+    without the generalized adapter (`use_generalized_adapter=False`) or without the router and the specialized
+    adapters (`use_specialized_adapters=False`, then `router_probs` and the top-k are `[B, 0]` and `L_bal` is 0), the
+    context has K tokens (+1).
     """
 
     def __init__(self, config: CKTConfig, teacher_hidden_size: int, student_hidden_size: int):
@@ -247,13 +291,19 @@ class CKTAdapterBank(nn.Module):
                 config.num_context_tokens,
                 config.num_attention_heads,
                 config.adapter_dropout,
+                config.attention_dropout,
             )
 
-        self.generalized = branch()
-        self.router = CKTRouter(
-            teacher_hidden_size, config.router_hidden_dim, config.num_experts, config.top_k, config.router_noise
-        )
-        self.specialized = nn.ModuleList(branch() for _ in range(config.num_experts))
+        # Ablated parts do not exist at all (no parameters, nothing saved), rather than being skipped.
+        self.generalized = branch() if config.use_generalized_adapter else None
+        if config.use_specialized_adapters:
+            self.router = CKTRouter(
+                teacher_hidden_size, config.router_hidden_dim, config.num_experts, config.top_k, config.router_noise
+            )
+            self.specialized = nn.ModuleList(branch() for _ in range(config.num_experts))
+        else:
+            self.router = None
+            self.specialized = nn.ModuleList()
         self.separator = (
             nn.Parameter(torch.randn(1, student_hidden_size) * student_hidden_size**-0.5)
             if config.use_separator
@@ -263,12 +313,16 @@ class CKTAdapterBank(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         """Dtype of the bank's weights (the dtype teacher features are cast to)."""
-        return self.router.mlp[0].weight.dtype
+        return self._first_weight().dtype
 
     @property
     def device(self) -> torch.device:
         """Device of the bank's weights."""
-        return self.router.mlp[0].weight.device
+        return self._first_weight().device
+
+    def _first_weight(self) -> torch.Tensor:
+        branch = self.generalized if self.generalized is not None else self.specialized[0]
+        return branch.down.weight
 
     def _specialized_sparse(
         self, teacher_features: torch.Tensor, topk_indices: torch.Tensor, topk_weights: torch.Tensor
@@ -325,20 +379,30 @@ class CKTAdapterBank(nn.Module):
                 f"The teacher layer produced features of width {teacher_features.shape[-1]}, but the CKT adapter "
                 f"bank expects teacher_hidden_size={self.teacher_hidden_size}."
             )
-        probs, topk_indices, topk_weights = self.router(teacher_features)
-        general = self.generalized(teacher_features)  # C_g [B, K, d_s]
-        specialize = self._specialized_dense if dense else self._specialized_sparse
-        special = specialize(teacher_features, topk_indices, topk_weights)  # C_s [B, K, d_s]
-        parts = [general, special.to(general.dtype)]
+        parts = []
+        if self.generalized is not None:
+            parts.append(self.generalized(teacher_features))  # C_g [B, K, d_s]
+        if self.router is not None:
+            probs, topk_indices, topk_weights = self.router(teacher_features)
+            specialize = self._specialized_dense if dense else self._specialized_sparse
+            parts.append(specialize(teacher_features, topk_indices, topk_weights))  # C_s [B, K, d_s]
+            balance = load_balance_loss(probs, topk_indices)
+        else:  # generalized adapter only: no routing, nothing to balance
+            batch, device = teacher_features.shape[0], teacher_features.device
+            probs = topk_weights = torch.zeros(batch, 0, device=device)
+            topk_indices = torch.zeros(batch, 0, dtype=torch.long, device=device)
+            balance = torch.zeros((), device=device)
+        dtype = parts[0].dtype
+        parts = [part.to(dtype) for part in parts]
         if self.separator is not None:
-            separator = self.separator.to(general.dtype).expand(general.shape[0], 1, -1)
+            separator = self.separator.to(dtype).expand(teacher_features.shape[0], 1, -1)
             parts = [separator, *parts] if self.injection == "append" else [*parts, separator]
         return CKTContext(
             tokens=torch.cat(parts, dim=1),
             router_probs=probs,
             topk_indices=topk_indices,
             topk_weights=topk_weights,
-            load_balance_loss=load_balance_loss(probs, topk_indices),
+            load_balance_loss=balance,
         )
 
 

@@ -901,6 +901,8 @@ def _heldout_expert_counts(model, teacher, heldout, settings) -> list[int]:
     counts = None
     for batch in held_out_batches(heldout, max_samples=settings.heldout_samples, batch_size=128):
         context = model.encode_teacher(teacher.teacher_inputs(batch))
+        if not context.topk_indices.shape[1]:  # no router in the no-specialized ablation
+            return []
         c = torch.bincount(context.topk_indices[:, 0], minlength=context.router_probs.shape[-1])
         counts = c if counts is None else counts + c
     return counts.tolist() if counts is not None else []

@@ -99,7 +99,7 @@ def train_wam(
         if teacher is not None:
             loss = loss + model.auxiliary_loss()
             context = model.last_context()
-            if context is not None:
+            if context is not None and context.topk_indices.shape[1]:  # no router in the no-specialized ablation
                 counts = torch.bincount(context.topk_indices[:, 0].cpu(), minlength=context.router_probs.shape[-1])
                 result.expert_counts = (
                     counts.tolist()
