@@ -38,7 +38,8 @@ Recipe for the real checkpoints (GPUs):
        accelerate launch --config_file examples/accelerate/multi_gpu.yaml --num_processes 8 train_ckt.py \\
            --preset NAME --teacher-cache cache/NAME --mixed-precision bf16 --learning-rate 3e-4 \\
            --adam-beta2 0.95 --lr-scheduler cosine --warmup-ratio 0.03 --output-dir outputs/wan-to-cosmos
-   (the upstream recipe: AdamW betas (0.9, 0.95), adapter lr 3e-4, warm-up and cosine, bf16). DDP replicates the
+   (the upstream recipe: AdamW betas (0.9, 0.95), adapter lr 3e-4, warm-up and cosine, bf16; `--recipe paper` sets
+   it with a 1% warm-up). DDP replicates the
    2B bf16 student (~3.6 GiB) on every GPU; use fsdp.yaml (it wraps `CosmosTransformerBlock`) when the student and
    its activations do not fit, and deepspeed_zero2.yaml to shard the bank's optimizer state.
 5. Batch size: the student is frozen but still runs backward (the gradient reaches the context through every

@@ -143,3 +143,17 @@ def test_ablated_adapter_trains_saves_and_loads(ablation, tmp_path):
         with reloaded.disable_adapter():
             plain, _ = reloaded(**student_inputs())
     assert torch.equal(again, expected) and not torch.allclose(again, plain)
+
+
+def test_training_flags_select_an_ablation():
+    from peft_ckt.commands import build_parser
+    from peft_ckt.training import CKTTrainingArguments, build_training_setup
+    from peft_ckt.training.arguments import arguments_from_namespace
+
+    argv = ["train", "--preset", "tiny", "--no-use-specialized-adapters", "--attention-dropout", "0.2"]
+    args = arguments_from_namespace(build_parser().parse_args(argv), CKTTrainingArguments)
+    setup = build_training_setup(args)
+    config, bank = setup.model.peft_config["default"], setup.model.get_bank()
+    assert not config.use_specialized_adapters and config.use_generalized_adapter
+    assert bank.router is None and len(bank.specialized) == 0
+    assert bank.generalized.cross_attention.dropout == 0.2

@@ -91,6 +91,7 @@ def test_training_from_the_cache_matches_the_live_teacher(tmp_path, fp32_cache):
         num_train_samples=NUM_SAMPLES,
         router_noise=False,
         adapter_dropout=0.0,
+        attention_dropout=0.0,
         checkpointing_steps=0,
         report_to="none",
         progress_bar=False,

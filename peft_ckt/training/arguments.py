@@ -10,6 +10,24 @@ from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16")
 SCHEDULER_CHOICES = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 
+# Named optimisation recipes (`--recipe`): values of CKTTrainingArguments fields. Flags given explicitly win.
+RECIPES: dict[str, dict[str, Any]] = {
+    # The authors' training script (CKT-WAM): AdamW betas (0.9, 0.95), eps 1e-8, adapter lr 3e-4, weight decay 0.01,
+    # linear warm-up over 1,000 of 100,000 iterations then cosine to 0, gradient clipping at 1.0, bf16 autocast.
+    "paper": {
+        "learning_rate": 3e-4,
+        "adam_beta1": 0.9,
+        "adam_beta2": 0.95,
+        "adam_epsilon": 1e-8,
+        "weight_decay": 0.01,
+        "max_grad_norm": 1.0,
+        "lr_scheduler": "cosine",
+        "warmup_ratio": 0.01,
+        "mixed_precision": "bf16",
+    },
+}
+_RECIPE_FIELDS = frozenset(name for recipe in RECIPES.values() for name in recipe)
+
 
 @dataclass
 class CKTTrainingArguments:
@@ -28,6 +46,14 @@ class CKTTrainingArguments:
         metadata={
             "help": "Named setup that builds teacher, student, CKT config and data, e.g. 'tiny' (tiny diffusers Wan "
             "teacher -> Cosmos student on a small synthetic moving-blob set; runs on a laptop CPU)."
+        },
+    )
+    recipe: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": f"Named optimisation recipe ({', '.join(RECIPES)}): 'paper' is the authors' (AdamW betas (0.9, 0.95), "
+            "lr 3e-4, 1%% warm-up then cosine, bf16). Flags given explicitly override it; fields left at their "
+            "defaults take the recipe's values."
         },
     )
     # ----------------------------------------------------------------------------------------------- schedule
@@ -124,11 +150,26 @@ class CKTTrainingArguments:
     adapter_dropout: Optional[float] = field(
         default=None, metadata={"help": "Override the adapter dropout of the preset's CKTConfig."}
     )
+    attention_dropout: Optional[float] = field(
+        default=None, metadata={"help": "Override the attention-weight dropout of the preset's CKTConfig."}
+    )
     router_noise: Optional[bool] = field(
         default=None, metadata={"help": "Override the router noise (--router-noise / --no-router-noise)."}
     )
     load_balance_weight: Optional[float] = field(
-        default=None, metadata={"help": "Override the load-balancing loss weight of the preset's CKTConfig."}
+        default=None,
+        metadata={
+            "help": "Override the load-balancing loss weight of the preset's CKTConfig (0: the paper's 'no "
+            "auxiliary loss' ablation)."
+        },
+    )
+    use_generalized_adapter: Optional[bool] = field(
+        default=None,
+        metadata={"help": "--no-use-generalized-adapter: the paper's 'no generalized adapter' ablation."},
+    )
+    use_specialized_adapters: Optional[bool] = field(
+        default=None,
+        metadata={"help": "--no-use-specialized-adapters: the paper's 'no specialized adapters' ablation."},
     )
     # ----------------------------------------------------------------------------------------------- testing aid
     stop_after_steps: Optional[int] = field(
@@ -140,6 +181,13 @@ class CKTTrainingArguments:
     )
 
     def __post_init__(self) -> None:
+        if self.recipe is not None:
+            if self.recipe not in RECIPES:
+                raise ValueError(f"Unknown --recipe {self.recipe!r}; available: {sorted(RECIPES)}.")
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            for name, value in RECIPES[self.recipe].items():
+                if getattr(self, name) == defaults[name]:  # left at its default: the recipe decides
+                    setattr(self, name, value)
         if self.max_steps < 1:
             raise ValueError(f"--max-steps must be >= 1, got {self.max_steps}.")
         if self.per_device_batch_size < 1 or self.gradient_accumulation_steps < 1:
@@ -191,6 +239,12 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: tu
             continue
         kind = _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else None
+        if cls is CKTTrainingArguments and f.name in _RECIPE_FIELDS:
+            # Absent from the namespace unless given, so that a recipe never overrides an explicit flag.
+            suffix = f" (default: {default}, or the --recipe's)" if default is not None else " (or the --recipe's)"
+            extra_default: dict[str, Any] = {"default": argparse.SUPPRESS}
+        else:
+            suffix, extra_default = None, {"default": default}
         help_text = f.metadata.get("help", "")
         group = groups.setdefault("args", parser)
         if kind is bool:
@@ -198,8 +252,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: tu
                 _flag(f.name),
                 dest=f.name,
                 action=argparse.BooleanOptionalAction,
-                default=default,
-                help=help_text + (f" (default: {default})" if default is not None else ""),
+                help=help_text + (suffix or (f" (default: {default})" if default is not None else "")),
+                **extra_default,
             )
         elif f.name == "resume":
             group.add_argument(
@@ -219,21 +273,32 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: tu
                 extra["choices"] = SCHEDULER_CHOICES
             elif f.name == "teacher_dtype":
                 extra["choices"] = ("fp32", "fp16", "bf16")
+            elif f.name == "recipe" and cls is CKTTrainingArguments:
+                extra["choices"] = tuple(RECIPES)
             group.add_argument(
                 _flag(f.name),
                 dest=f.name,
                 type=kind if kind in (int, float) else str,
-                default=default,
                 metavar=f.name.upper(),
-                help=help_text + (" (default: %(default)s)" if default is not None else ""),
+                help=help_text + (suffix or (" (default: %(default)s)" if default is not None else "")),
+                **extra_default,
                 **extra,
             )
 
 
 def arguments_from_namespace(namespace: argparse.Namespace, cls: type = CKTTrainingArguments):
-    """Builds the dataclass from a parsed namespace (unknown attributes, e.g. `func`, are ignored)."""
+    """Builds the dataclass from a parsed namespace (unknown attributes, e.g. `func`, are ignored). With a recipe,
+    its values fill the fields whose flags were not given; explicit flags win even when equal to the defaults."""
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{key: value for key, value in vars(namespace).items() if key in names})
+    values = {key: value for key, value in vars(namespace).items() if key in names}
+    recipe = values.get("recipe")
+    if cls is not CKTTrainingArguments or recipe is None or recipe not in RECIPES:
+        return cls(**values)
+    # The recipe is resolved here, against what was given; the dataclass must not re-apply it to explicit flags
+    # that happen to equal the defaults.
+    args = cls(**{**RECIPES[recipe], **values, "recipe": None})
+    args.recipe = recipe
+    return args
 
 
 def build_train_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:

@@ -63,8 +63,11 @@ _CONFIG_OVERRIDES = (
     "num_experts",
     "top_k",
     "adapter_dropout",
+    "attention_dropout",
     "router_noise",
     "load_balance_weight",
+    "use_generalized_adapter",
+    "use_specialized_adapters",
 )
 
 
