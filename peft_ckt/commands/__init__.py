@@ -12,7 +12,14 @@ import sys
 
 # Modules are imported lazily so that `peft-ckt --help` stays fast and optional extras are only needed by the
 # subcommands that use them.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("train", "cache_teacher", "push", "eval_libero", "collect_libero")
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "train",
+    "cache_teacher",
+    "push",
+    "convert_upstream",
+    "eval_libero",
+    "collect_libero",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
