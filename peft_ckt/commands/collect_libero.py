@@ -18,7 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     add_episode_arguments(
-        parser, output_help="dataset folder (must be new or empty)", episodes_help="episodes per task and perturbation"
+        parser,
+        output_help="dataset folder (new or empty; with --resume, an interrupted collection to finish)",
+        episodes_help="episodes per task and perturbation",
     )
     parser.add_argument("--keep-failures", action="store_true", help="also keep unsuccessful episodes")
     parser.add_argument(

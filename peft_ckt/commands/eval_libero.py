@@ -14,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Run episodes of a LIBERO suite with the standard protocol (shipped init states, per-suite step limits) "
             "and optional LIBERO-Plus perturbations. Writes DIR/results.json, DIR/results.md (LIBERO-Plus table), "
-            "DIR/success_rates.png and, with --video, DIR/videos/*.mp4."
+            "DIR/success_rates.png and, with --video, DIR/videos/*.mp4. Every finished episode is appended to "
+            "DIR/episodes.jsonl as it ends: an interrupted evaluation continues with --resume."
         ),
     )
     add_episode_arguments(

@@ -33,6 +33,11 @@ def add_episode_arguments(parser: argparse.ArgumentParser, output_help: str, epi
     parser.add_argument("--max-steps", type=int, default=None, help="override the suite's step limit")
     parser.add_argument("--init-offset", type=int, default=0, help="first init state index")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in --output (same settings): recorded episodes are kept, the rest run",
+    )
 
 
 NUM_INIT_STATES = 50  # LIBERO ships 50 init states per task
@@ -95,6 +100,7 @@ def episode_kwargs(args: argparse.Namespace) -> dict:
         "max_steps": args.max_steps,
         "init_offset": args.init_offset,
         "progress": not args.no_progress,
+        "resume": args.resume,
     }
 
 

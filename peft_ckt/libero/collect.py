@@ -7,6 +7,7 @@ step. Only episodes that are kept (successful ones by default) are then rendered
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import numpy as np
 
 from .parallel import cached_policy, default_num_workers, episode_env, run_jobs
 from .perturbations import Perturbation, expand_perturbations
+from .records import RecordLog, config_differences, read_records, write_json_atomic
 from .runtime import LiberoConfigError
 
 
@@ -99,6 +101,47 @@ def collect_episode(job: CollectJob) -> dict[str, Any]:
     return result
 
 
+COLLECTION_CONFIG = "collection.json"
+COLLECTION_ATTEMPTS = "collection_attempts.jsonl"
+
+
+def _job_key(row: dict[str, Any]) -> tuple[int, str, int]:
+    return (int(row["task_id"]), str(row["perturbation"]), int(row["init_index"]))
+
+
+def check_collection_folder(root: Path, config: dict[str, Any], resume: bool) -> None:
+    """Refuse, in one line, a folder this collection cannot write to: a non-empty one without `resume`, or a
+    resumed one that was collected with other settings."""
+    meta = root / "meta"
+    if not root.exists() or not any(root.iterdir()):
+        return
+    episodes = read_records(meta / "episodes.jsonl")
+    complete = (meta / "info.json").is_file()
+    if not resume:
+        if complete:
+            state = f"already holds a dataset ({len(episodes)} episode(s))"
+        elif (meta / COLLECTION_CONFIG).is_file():
+            state = f"holds an interrupted collection ({len(episodes)} episode(s) kept, no meta/info.json)"
+        else:
+            state = "is not empty"
+        raise FileExistsError(
+            f"Dataset folder {root} {state}: continue the same collection with --resume (resume=True), or choose "
+            f"a new folder"
+        )
+    if (meta / COLLECTION_CONFIG).is_file():
+        differences = config_differences(json.loads((meta / COLLECTION_CONFIG).read_text()), config)
+        if differences:
+            raise ValueError(
+                f"cannot resume the collection in {root}: the recorded settings differ ({differences}); run again "
+                f"with the recorded settings, or without --resume into a new folder"
+            )
+    elif episodes:
+        raise ValueError(
+            f"cannot resume the collection in {root}: it holds {len(episodes)} episode(s) but no meta/"
+            f"{COLLECTION_CONFIG} saying how they were collected; choose a new folder"
+        )
+
+
 def collect_demonstrations(
     suite: str,
     output_dir: str | os.PathLike,
@@ -114,8 +157,13 @@ def collect_demonstrations(
     init_offset: int = 0,
     progress: bool = True,
     image_stride: int = 1,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Collect `episodes` expert demonstrations per task (init states `init_offset..`) into `output_dir`.
+
+    Every kept episode is on disk as soon as it is written; `meta/collection.json` holds the settings and
+    `meta/collection_attempts.jsonl` every finished attempt. `resume=True` finishes an interrupted collection with
+    the same settings (only the missing episodes run); a different configuration is refused.
 
     `image_stride` k > 1 renders the cameras on every k-th step only (and on the last one); the steps in between
     repeat the last frame, like a camera at 1/k of the control rate. Rendering is most of the cost on CPU.
@@ -143,51 +191,91 @@ def collect_demonstrations(
             )
         if image_stride < 1:
             raise ValueError(f"image_stride must be >= 1; got {image_stride}")
-        writer = LeRobotDatasetWriter(output_dir, image_keys=tuple(CAMERAS), image_size=(image_size, image_size))
-    except (ValueError, FileExistsError) as err:
+        config = {
+            "suite": suite,
+            "tasks": task_ids,
+            "episodes": episodes,
+            "init_offset": init_offset,
+            "perturbations": kinds,
+            "severity": severity,
+            "image_size": image_size,
+            "seed": seed,
+            "keep_failures": keep_failures,
+            "max_steps": max_steps,
+            "image_stride": image_stride,
+        }
+        root = Path(output_dir)
+        check_collection_folder(root, config, resume)
+        writer = LeRobotDatasetWriter(
+            root, image_keys=tuple(CAMERAS), image_size=(image_size, image_size), resume=resume
+        )
+        write_json_atomic(root / "meta" / COLLECTION_CONFIG, config)
+        attempts = RecordLog(root / "meta" / COLLECTION_ATTEMPTS)
+        # Done: every recorded attempt, and every recorded episode (its attempt line may have been cut by a kill).
+        done = {_job_key(row) for row in attempts.open()} | {_job_key(row) for row in writer.episodes}
+    except (ValueError, OSError) as err:
         raise LiberoConfigError(str(err)) from err
     jobs = [
-        CollectJob(suite, t, init_offset + k, kind, severity, image_size, seed, keep_failures, max_steps, image_stride)
-        for t in task_ids
-        for kind in kinds
-        for k in range(episodes)
+        job
+        for job in (
+            CollectJob(
+                suite, t, init_offset + k, kind, severity, image_size, seed, keep_failures, max_steps, image_stride
+            )
+            for t in task_ids
+            for kind in kinds
+            for k in range(episodes)
+        )
+        if _job_key(vars(job)) not in done
     ]
     workers = default_num_workers(len(jobs)) if num_workers is None else num_workers
-    attempted = kept = 0
+    resumed = len(done)
     physics_steps = physics_seconds = render_frames = render_seconds = 0.0
     start = time.perf_counter()
-    for result in run_jobs(collect_episode, jobs, workers, desc=f"collect {suite}", progress=progress):
-        attempted += 1
-        physics_steps += result["length"]
-        physics_seconds += result["physics_seconds"]
-        if result["images"] is None:
-            continue
-        kept += 1
-        render_frames += result["length"]
-        render_seconds += result["render_seconds"]
-        writer.add_episode(
-            result["states"],
-            result["actions"],
-            result["images"],
-            task=result["task"],
-            extra={
-                "success": result["success"],
-                "suite": result["suite"],
-                "task_id": result["task_id"],
-                "init_index": result["init_index"],
-                "perturbation": result["perturbation"],
-                "severity": result["severity"],
-                "image_stride": image_stride,
-            },
-        )
-    writer.finalize()
+    ran = 0
+    with attempts:
+        if jobs:
+            for result in run_jobs(collect_episode, jobs, workers, desc=f"collect {suite}", progress=progress):
+                ran += 1
+                physics_steps += result["length"]
+                physics_seconds += result["physics_seconds"]
+                kept = result["images"] is not None
+                if kept:
+                    render_frames += result["length"]
+                    render_seconds += result["render_seconds"]
+                    writer.add_episode(
+                        result["states"],
+                        result["actions"],
+                        result["images"],
+                        task=result["task"],
+                        extra={
+                            "success": result["success"],
+                            "suite": result["suite"],
+                            "task_id": result["task_id"],
+                            "init_index": result["init_index"],
+                            "perturbation": result["perturbation"],
+                            "severity": result["severity"],
+                            "image_stride": image_stride,
+                        },
+                    )
+                attempts.append(
+                    {
+                        **{k: result[k] for k in ("task_id", "init_index", "perturbation", "success", "length")},
+                        "kept": kept,
+                    }
+                )
+        writer.finalize()
     wall = time.perf_counter() - start
+    recorded = {_job_key(row): row for row in writer.episodes}
+    recorded.update((_job_key(row), row) for row in read_records(root / "meta" / COLLECTION_ATTEMPTS))
+    successes = sum(bool(row["success"]) for row in recorded.values())
     return {
-        "output": str(Path(output_dir)),
-        "episodes_attempted": attempted,
-        "episodes_kept": kept,
-        "frames": int(render_frames),
-        "expert_success_rate": kept / attempted if attempted and not keep_failures else None,
+        "output": str(root),
+        "episodes_attempted": len(recorded),
+        "episodes_kept": len(writer.episodes),
+        "episodes_run": ran,
+        "episodes_resumed": resumed,
+        "frames": writer.total_frames,
+        "expert_success_rate": successes / len(recorded) if recorded else None,
         "physics_steps_per_second": physics_steps / physics_seconds if physics_seconds else None,
         "rendered_frames_per_second": render_frames / render_seconds if render_seconds else None,
         "wall_seconds": wall,

@@ -70,11 +70,17 @@ def _atomic_write_text(path: Path, text: str) -> None:
 class LeRobotDatasetWriter:
     """Append episodes to a LeRobot-format dataset folder; `finalize()` writes the metadata.
 
+    Every episode is durable once `add_episode` returns: its parquet file is in place and its line appended to
+    `meta/episodes.jsonl`. `meta/info.json`, written last by `finalize()`, marks a complete dataset; a folder
+    without it is an interrupted one, which `resume=True` continues (parquet files without an episode line are
+    discarded, the statistics recomputed from the recorded episodes).
+
     Args:
         root: dataset folder (created; must be empty or absent unless `resume=True`).
         image_keys: camera keys (`observation.images.<key>`).
         image_size: `(height, width)` of the frames.
         robot_type, fps: recorded in info.json.
+        resume: continue (or append to) the dataset already in `root`.
     """
 
     def __init__(
@@ -86,28 +92,60 @@ class LeRobotDatasetWriter:
         robot_type: str = "panda",
         resume: bool = False,
     ) -> None:
+        from .records import RecordLog
+
         self.root = Path(root)
         if self.root.exists() and any(self.root.iterdir()) and not resume:
-            raise FileExistsError(f"Dataset folder {self.root} is not empty (pass resume=True to append)")
+            raise FileExistsError(
+                f"Dataset folder {self.root} is not empty: pass resume=True to continue writing to it, or use a "
+                f"new folder"
+            )
         (self.root / "meta").mkdir(parents=True, exist_ok=True)
         self.image_keys = tuple(image_keys)
         self.image_size = tuple(image_size)
         self.fps = fps
         self.robot_type = robot_type
         self.tasks: dict[str, int] = {}
-        self.episodes: list[dict[str, Any]] = []
         self.total_frames = 0
         self._stats: dict[str, list[np.ndarray]] = {"observation.state": [], "action": []}
-        if resume and (self.root / "meta" / "episodes.jsonl").exists():
+        self._log = RecordLog(self.root / "meta" / "episodes.jsonl")
+        self.episodes: list[dict[str, Any]] = self._log.open()
+        self._complete_on_disk = (self.root / "meta" / "info.json").is_file()
+        if self.episodes:
             self._load_existing()
+        self._discard_unrecorded()
 
     def _load_existing(self) -> None:
+        import pyarrow.parquet as pq
+
+        from .records import read_records
+
         meta = self.root / "meta"
-        for line in (meta / "tasks.jsonl").read_text().splitlines():
-            row = json.loads(line)
+        for row in read_records(meta / "tasks.jsonl"):
             self.tasks[row["task"]] = row["task_index"]
-        self.episodes = [json.loads(line) for line in (meta / "episodes.jsonl").read_text().splitlines()]
-        self.total_frames = sum(e["length"] for e in self.episodes)
+        for episode in self.episodes:
+            path = self._episode_path(episode["episode_index"])
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"{path} is missing: {meta / 'episodes.jsonl'} records episode {episode['episode_index']}"
+                )
+            table = pq.read_table(path, columns=["observation.state", "action"])
+            for key in self._stats:
+                self._stats[key].append(np.asarray(table.column(key).to_pylist(), dtype=np.float32))
+            self.total_frames += episode["length"]
+
+    def _episode_path(self, episode_index: int) -> Path:
+        return self.root / DATA_PATH.format(episode_chunk=episode_index // CHUNKS_SIZE, episode_index=episode_index)
+
+    def _discard_unrecorded(self) -> None:
+        """Remove what a killed run left beyond its last recorded episode (a parquet file, a temporary file)."""
+        data = self.root / "data"
+        if not data.is_dir():
+            return
+        for path in data.glob("chunk-*/episode_*.parquet*"):
+            index = path.name[len("episode_") :].split(".")[0]
+            if path.name.endswith(".tmp") or (index.isdigit() and int(index) >= len(self.episodes)):
+                path.unlink()
 
     def _features(self):
         from datasets import Features, Image, Sequence, Value
@@ -149,6 +187,7 @@ class LeRobotDatasetWriter:
         if missing:
             raise ValueError(f"Episode lacks images for {missing}")
         episode_index = len(self.episodes)
+        new_task = task not in self.tasks
         task_index = self.tasks.setdefault(task, len(self.tasks))
         columns: dict[str, Any] = {"observation.state": states.tolist()}
         for key in self.image_keys:
@@ -169,21 +208,41 @@ class LeRobotDatasetWriter:
                 "task": [task] * length,
             }
         )
-        path = self.root / DATA_PATH.format(episode_chunk=episode_index // CHUNKS_SIZE, episode_index=episode_index)
+        if self._log.closed:  # adding after finalize()
+            self._log.open()
+        if self._complete_on_disk:
+            # The dataset changes: it is complete again only when finalize() rewrites info.json.
+            (self.root / "meta" / "info.json").unlink(missing_ok=True)
+            self._complete_on_disk = False
+        path = self._episode_path(episode_index)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         # The arrow table carries the HF features in its schema metadata, so `datasets` decodes images on load.
         table = Dataset.from_dict(columns, features=self._features()).data.table
         pq.write_table(table, str(tmp))
         os.replace(tmp, path)
-        self.episodes.append({"episode_index": episode_index, "tasks": [task], "length": length, **(extra or {})})
+        if new_task:
+            self._write_tasks()
+        # The episode line comes last: an episode is recorded only once its frames and its task are on disk.
+        episode = {"episode_index": episode_index, "tasks": [task], "length": length, **(extra or {})}
+        self._log.append(episode)
+        self.episodes.append(episode)
         self.total_frames += length
         self._stats["observation.state"].append(states)
         self._stats["action"].append(actions)
         return episode_index
 
+    def _write_tasks(self) -> None:
+        _atomic_write_text(
+            self.root / "meta" / "tasks.jsonl",
+            "".join(
+                json.dumps({"task_index": i, "task": t}) + "\n"
+                for t, i in sorted(self.tasks.items(), key=lambda x: x[1])
+            ),
+        )
+
     def finalize(self) -> Path:
-        """Write meta/info.json, tasks.jsonl, episodes.jsonl and stats.json; returns the dataset root."""
+        """Write meta/tasks.jsonl, stats.json and, last, info.json; returns the dataset root."""
         meta = self.root / "meta"
         height, width = self.image_size
         features: dict[str, Any] = {
@@ -221,15 +280,7 @@ class LeRobotDatasetWriter:
             "video_path": None,
             "features": features,
         }
-        _atomic_write_text(meta / "info.json", json.dumps(info, indent=2))
-        _atomic_write_text(
-            meta / "tasks.jsonl",
-            "".join(
-                json.dumps({"task_index": i, "task": t}) + "\n"
-                for t, i in sorted(self.tasks.items(), key=lambda x: x[1])
-            ),
-        )
-        _atomic_write_text(meta / "episodes.jsonl", "".join(json.dumps(e) + "\n" for e in self.episodes))
+        self._write_tasks()
         stats = {}
         for key, chunks in self._stats.items():
             if chunks:
@@ -242,6 +293,10 @@ class LeRobotDatasetWriter:
                     "count": [len(values)],
                 }
         _atomic_write_text(meta / "stats.json", json.dumps(stats, indent=2))
+        # Last: info.json marks the dataset complete (episodes.jsonl is already complete, appended episode by episode).
+        _atomic_write_text(meta / "info.json", json.dumps(info, indent=2))
+        self._complete_on_disk = True
+        self._log.close()
         return self.root
 
 
@@ -258,6 +313,15 @@ class LeRobotLiberoDataset:
         self.root = Path(root)
         info_file = self.root / "meta" / "info.json"
         if not info_file.is_file():
+            if (self.root / "meta" / "episodes.jsonl").is_file():
+                from .records import read_records
+
+                count = len(read_records(self.root / "meta" / "episodes.jsonl"))
+                raise FileNotFoundError(
+                    f"{self.root} is an incomplete dataset: its collection stopped after {count} episode(s), before "
+                    f"meta/info.json was written; finish it with the same `peft-ckt collect-libero` command plus "
+                    f"--resume"
+                )
             raise FileNotFoundError(f"{info_file} not found: not a LeRobot dataset folder")
         self.info: dict[str, Any] = json.loads(info_file.read_text())
         self.version = str(self.info.get("codebase_version", "v2.1"))

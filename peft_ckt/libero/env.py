@@ -146,6 +146,7 @@ class LiberoEnv:
             init_state = self.init_states[init_index]
         self.init_index = init_index
         self._env.reset()
+        self._reset_gripper_commands()
         self._perturber.restore()
         self._env.set_init_state(init_state)
         kind, severity = self.perturbation.kind, self.perturbation.severity
@@ -164,6 +165,19 @@ class LiberoEnv:
         self.num_steps = 0
         self._success = bool(self._env.check_success())
         return self._observation(self.render_images)
+
+    def _reset_gripper_commands(self) -> None:
+        """Start every episode from a fresh environment's gripper command.
+
+        robosuite's grippers integrate their command (`current_action` moves by a fixed speed each step) and a soft
+        reset keeps it, so an episode would begin from where the previous one left the gripper: results would
+        depend on which episodes a worker ran before (and a resumed run would differ from a straight one).
+        """
+        for robot in self._env.env.robots:
+            grippers = robot.gripper.values() if isinstance(robot.gripper, dict) else [robot.gripper]
+            for gripper in grippers:
+                if getattr(gripper, "current_action", None) is not None:
+                    gripper.current_action = np.zeros(gripper.dof)
 
     def step(self, action: np.ndarray) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         """Apply one 7-D action. Returns `(observation, reward, terminated, truncated, info)` (gymnasium order)."""

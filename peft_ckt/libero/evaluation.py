@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -13,6 +12,7 @@ import numpy as np
 
 from .parallel import cached_policy, default_num_workers, episode_env, run_jobs
 from .perturbations import LIBERO_PLUS_COLUMNS, PERTURBATIONS, Perturbation, expand_perturbations
+from .records import open_episode_log, write_json_atomic
 from .runtime import LiberoConfigError
 
 
@@ -183,13 +183,15 @@ def markdown_report(results: dict[str, Any]) -> str:
     for name, row in summary["by_task"].items():
         lines.append(f"| {row['task_id']}: {name} | {row['episodes']} | {_pct(row['success_rate'])} |")
     speed = results.get("speed", {})
-    if speed:
+    if speed.get("steps_per_second") and speed.get("episode_steps_per_second"):
         lines += [
             "",
             f"{speed['env_steps']} environment steps in {speed['wall_seconds']:.1f} s with {speed['workers']} "
             f"worker(s): {speed['steps_per_second']:.1f} steps/s overall, "
             f"{speed['episode_steps_per_second']:.1f} steps/s per worker inside episodes.",
         ]
+    if speed.get("episodes_resumed"):
+        lines += ["", f"{speed['episodes_resumed']} episode(s) resumed from an interrupted run's episodes.jsonl."]
     return "\n".join(lines) + "\n"
 
 
@@ -230,12 +232,6 @@ def bar_chart(results: dict[str, Any], path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------- entry point
 def evaluate_libero(
     suite: str,
@@ -252,11 +248,15 @@ def evaluate_libero(
     max_steps: int | None = None,
     init_offset: int = 0,
     progress: bool = True,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Run `episodes` episodes per task and perturbation (init states `init_offset..`), write the reports.
 
-    Writes `output_dir/results.json`, `results.md`, `success_rates.png` and, with `video`, `videos/*.mp4`.
-    Returns the content of results.json.
+    Every finished episode is appended to `output_dir/episodes.jsonl` (its settings in `eval_config.json`) as it
+    ends. `resume=True` continues an interrupted evaluation: the recorded episodes are kept, only the missing ones
+    run, and the reports are those of an uninterrupted run (a different configuration is refused). Without it, a
+    folder that already holds recorded episodes is refused. At the end, writes `output_dir/results.json`,
+    `results.md`, `success_rates.png` and, with `video`, `videos/*.mp4`. Returns the content of results.json.
     """
     from .suites import SUITE_MAX_STEPS, num_tasks
 
@@ -288,12 +288,28 @@ def evaluate_libero(
     except (ValueError, FileNotFoundError) as err:
         raise LiberoConfigError(str(err)) from err
 
+    config = {
+        "suite": suite,
+        "tasks": task_ids,
+        "episodes_per_task": episodes,
+        "perturbations": kinds,
+        "severity": severity,
+        "policy": policy_spec,
+        "policy_name": "scripted expert" if policy_spec == "scripted" else Path(policy_spec).name,
+        "image_size": image_size,
+        "seed": seed,
+        "max_steps": max_steps or SUITE_MAX_STEPS[suite],
+        "init_offset": init_offset,
+    }
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     video_dir = None
     if video:
         video_dir = out / "videos"
         video_dir.mkdir(exist_ok=True)
+    # The video flag changes the episode records (their `video` path), so it belongs to what a resume must match.
+    recorded, log = open_episode_log(out, {**config, "video": video}, "resume" if resume else "new")
+    done = {(r["task_id"], r["perturbation"], r["init_index"]): r for r in recorded}
     jobs = [
         EpisodeJob(
             suite=suite,
@@ -311,40 +327,40 @@ def evaluate_libero(
         for kind in kinds
         for k in range(episodes)
     ]
-    workers = default_num_workers(len(jobs)) if num_workers is None else num_workers
-    start = time.perf_counter()
-    collected = [asdict(r) for r in run_jobs(run_episode, jobs, workers, desc=f"eval {suite}", progress=progress)]
-    wall = time.perf_counter() - start
     order = {(j.task_id, j.perturbation, j.init_index): i for i, j in enumerate(jobs)}
-    collected.sort(key=lambda r: order[(r["task_id"], r["perturbation"], r["init_index"])])
-    env_steps = int(sum(r["steps"] for r in collected))
-    episode_seconds = float(sum(r["seconds"] for r in collected))
+    todo = [j for j in jobs if (j.task_id, j.perturbation, j.init_index) not in done]
+    workers = default_num_workers(len(todo)) if num_workers is None else num_workers
+    start = time.perf_counter()
+    ran = []
+    with log:
+        if todo:
+            for result in run_jobs(run_episode, todo, workers, desc=f"eval {suite}", progress=progress):
+                row = asdict(result)
+                log.append(row)
+                ran.append(row)
+    wall = time.perf_counter() - start
+    for row in ran:
+        done[(row["task_id"], row["perturbation"], row["init_index"])] = row
+    collected = sorted(done.values(), key=lambda r: order[(r["task_id"], r["perturbation"], r["init_index"])])
+    # Speed of the episodes this call ran (a resumed call did not time the recorded ones).
+    env_steps = int(sum(r["steps"] for r in ran))
+    episode_seconds = float(sum(r["seconds"] for r in ran))
     results = {
-        "config": {
-            "suite": suite,
-            "tasks": task_ids,
-            "episodes_per_task": episodes,
-            "perturbations": kinds,
-            "severity": severity,
-            "policy": policy_spec,
-            "policy_name": "scripted expert" if policy_spec == "scripted" else Path(policy_spec).name,
-            "image_size": image_size,
-            "seed": seed,
-            "max_steps": max_steps or SUITE_MAX_STEPS[suite],
-            "init_offset": init_offset,
-        },
+        "config": config,
         "episodes": collected,
         "summary": summarize(collected),
         "speed": {
+            "episodes_run": len(ran),
+            "episodes_resumed": len(collected) - len(ran),
             "env_steps": env_steps,
             "wall_seconds": round(wall, 2),
             "workers": workers,
-            "steps_per_second": round(env_steps / wall, 2) if wall > 0 else None,
+            "steps_per_second": round(env_steps / wall, 2) if ran and wall > 0 else None,
             # Inside episodes only (no process start-up or env creation): the simulation + policy rate per worker.
             "episode_steps_per_second": round(env_steps / episode_seconds, 2) if episode_seconds > 0 else None,
         },
     }
-    _write_json(out / "results.json", results)
+    write_json_atomic(out / "results.json", results)
     tmp = out / "results.md.tmp"
     tmp.write_text(markdown_report(results))
     os.replace(tmp, out / "results.md")

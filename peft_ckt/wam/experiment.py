@@ -408,20 +408,12 @@ def evaluate_policies(settings: DemoSettings, policies: dict[str, str], out: Pat
     """Every policy on every (task, condition, init state); resumable through `episodes.jsonl`."""
     from ..libero.evaluation import EpisodeJob
     from ..libero.parallel import run_jobs
+    from ..libero.records import open_episode_log
 
-    record_file = out / "episodes.jsonl"
     # Through JSON, as it is stored (tuples become lists), so that a resumed run recognises its own config.
     config = json.loads(json.dumps({"settings": _eval_key(settings), "policies": policies}))
-    config_file = out / "eval_config.json"
-    done: dict[tuple, dict] = {}
-    if record_file.is_file() and config_file.is_file() and json.loads(config_file.read_text()) == config:
-        for line in record_file.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                done[(row["policy_name"], row["task_id"], row["perturbation"], row["init_index"])] = row
-    else:
-        record_file.unlink(missing_ok=True)
-        _write_json(config_file, config)
+    recorded, log = open_episode_log(out, config, "auto")
+    done = {(r["policy_name"], r["task_id"], r["perturbation"], r["init_index"]): r for r in recorded}
     conditions = ["none", *PERTURBATION_KINDS]
     jobs, names = [], []
     for task in settings.eval_tasks:
@@ -447,14 +439,13 @@ def evaluate_policies(settings: DemoSettings, policies: dict[str, str], out: Pat
                     )
                     names.append(name)
     by_spec = {spec: name for name, spec in policies.items()}
-    if jobs:
-        _log(f"evaluation: {len(jobs)} episode(s) to run ({len(done)} already recorded)")
-        with record_file.open("a") as handle:
+    with log:
+        if jobs:
+            _log(f"evaluation: {len(jobs)} episode(s) to run ({len(done)} already recorded)")
             for result in run_jobs(_run_episode, jobs, settings.workers, desc="evaluate", progress=progress):
                 row = {**result, "policy_name": by_spec[result["policy"]]}
                 done[(row["policy_name"], row["task_id"], row["perturbation"], row["init_index"])] = row
-                handle.write(json.dumps(row) + "\n")
-                handle.flush()
+                log.append(row)
     return list(done.values())
 
 
