@@ -206,6 +206,14 @@ class CKTConfig(PeftConfig):
         # peft lets saved values win over keyword arguments; a teacher passed at load time must win instead.
         teacher = kwargs.pop("teacher", None)
         config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        if not isinstance(config, CKTConfig):  # peft builds whatever class the file's `peft_type` names
+            peft_type = getattr(config.peft_type, "value", config.peft_type)
+            raise ValueError(
+                f"{pretrained_model_name_or_path} holds a {peft_type} adapter ({type(config).__name__}), not a CKT "
+                f"adapter: its adapter_config.json says peft_type={peft_type!r}."
+            )
+        # Widths checked against the models later are then reported as those the saved adapter was trained for.
+        config._saved_adapter = str(pretrained_model_name_or_path)
         if isinstance(teacher, nn.Module):
             config.attach_teacher(teacher)
         elif isinstance(teacher, str):

@@ -260,9 +260,14 @@ class CKTModel(BaseTuner):
         route = resolve_route(model, config.context_kwarg, config.target_modules)
 
         inferred_t = infer_teacher_hidden_size(teacher, extractor.layer) if extractor is not None else None
-        teacher_hidden_size = _checked_width("teacher", config.teacher_hidden_size, inferred_t, config.teacher_layer)
+        saved = getattr(config, "_saved_adapter", None)
+        teacher_hidden_size = _checked_width(
+            "teacher", config.teacher_hidden_size, inferred_t, config.teacher_layer, saved
+        )
         inferred_s = infer_student_hidden_size(model, route)
-        student_hidden_size = _checked_width("student", config.student_hidden_size, inferred_s, route.describe())
+        student_hidden_size = _checked_width(
+            "student", config.student_hidden_size, inferred_s, route.describe(), saved
+        )
         if student_hidden_size % config.num_attention_heads:
             raise ValueError(
                 f"The student width d_s={student_hidden_size} is not divisible by num_attention_heads="
@@ -415,7 +420,13 @@ class CKTModel(BaseTuner):
         config: CKTConfig = self.peft_config[adapter_name]
         extractor = TeacherFeatureExtractor(teacher, config.teacher_layer)
         inferred = infer_teacher_hidden_size(teacher, extractor.layer)
-        _checked_width("teacher", config.teacher_hidden_size, inferred, config.teacher_layer)
+        _checked_width(
+            "teacher",
+            config.teacher_hidden_size,
+            inferred,
+            config.teacher_layer,
+            getattr(config, "_saved_adapter", None),
+        )
         config.attach_teacher(teacher)
         self._ckt_state().extractors[adapter_name] = extractor
 
@@ -603,8 +614,15 @@ class CKTModel(BaseTuner):
         return re.sub(rf"(\.|^)ckt_bank\.{re.escape(adapter_name)}(?=\.|$)", r"\1ckt_bank", key)
 
 
-def _checked_width(role: str, explicit: Optional[int], inferred: Optional[int], where: str) -> int:
+def _checked_width(
+    role: str, explicit: Optional[int], inferred: Optional[int], where: str, saved_adapter: Optional[str] = None
+) -> int:
     if explicit is not None and inferred is not None and explicit != inferred:
+        if saved_adapter is not None:  # the width is the saved adapter's, not a setting the user can leave out
+            raise ValueError(
+                f"The CKT adapter {saved_adapter} was trained for a {role} of width {explicit} ({role}_hidden_size), "
+                f"and this {role} has width {inferred} at {where}: load it onto the {role} it was trained with."
+            )
         raise ValueError(
             f"{role}_hidden_size={explicit} does not match the {role}'s width {inferred} at {where}. Leave "
             f"`{role}_hidden_size=None` to use the inferred width."

@@ -1,15 +1,24 @@
 """Bad configuration or inputs fail early, with an error that names the problem."""
 
 import importlib
+import json
 
 import pytest
 import torch
-from peft import get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 import peft_ckt
 from peft_ckt import CKTConfig
-from peft_ckt.testing import tiny_cosmos_inputs, tiny_cosmos_student, tiny_wan_inputs, tiny_wan_teacher
+from peft_ckt.testing import (
+    TinyWorldActionModel,
+    tiny_cosmos_inputs,
+    tiny_cosmos_student,
+    tiny_wan_inputs,
+    tiny_wan_teacher,
+)
+
+torch.set_num_threads(1)
 
 SMALL = dict(
     teacher_layer="blocks.1",
@@ -134,3 +143,61 @@ def test_registration_is_idempotent_and_reload_safe():
     assert PeftType.CKT.value == "CKT" and "CKT" in [t.value for t in PeftType]
     assert PEFT_TYPE_TO_CONFIG_MAPPING[PeftType.CKT] is reloaded.CKTConfig
     assert PEFT_TYPE_TO_TUNER_MAPPING[PeftType.CKT] is reloaded.CKTModel
+
+
+# ---------------------------------------------------------------------------------------------- loading
+@pytest.fixture()
+def saved_adapter(teacher, tmp_path):
+    model = get_peft_model(tiny_cosmos_student(), CKTConfig(teacher=teacher, **SMALL))
+    folder = tmp_path / "adapters" / "ckt"
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_local_folder_without_weights_is_never_looked_up_on_the_hub(saved_adapter, teacher, monkeypatch):
+    (saved_adapter / "adapter_model.safetensors").unlink()
+    # A relative path is also a valid Hub id ("adapters/ckt"): peft would ask the Hub for it.
+    monkeypatch.chdir(saved_adapter.parent.parent)
+    for path in ("adapters/ckt", str(saved_adapter)):
+        with pytest.raises(
+            FileNotFoundError, match=rf"{path} has no adapter_model.safetensors .*not looked up on the Hub"
+        ):
+            PeftModel.from_pretrained(tiny_cosmos_student(), path, teacher=teacher)
+        model = get_peft_model(tiny_cosmos_student(), CKTConfig(teacher=teacher, **SMALL))
+        with pytest.raises(FileNotFoundError, match=r"has no adapter_model.safetensors"):
+            model.load_adapter(path, adapter_name="other")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_corrupt_weights_name_the_file(saved_adapter, teacher, damage):
+    weights = saved_adapter / "adapter_model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"not safetensors" * 8)
+    with pytest.raises(ValueError, match=rf"Cannot read the CKT adapter weights {weights}: .*truncated or corrupt"):
+        PeftModel.from_pretrained(tiny_cosmos_student(), str(saved_adapter), teacher=teacher)
+
+
+def test_peft_type_mismatch_is_named(saved_adapter, teacher, tmp_path):
+    config_path = saved_adapter / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "peft_type": "LORA"}))
+    with pytest.raises(ValueError, match=r"holds a CKT adapter's settings but says peft_type='LORA', not 'CKT'"):
+        PeftModel.from_pretrained(tiny_cosmos_student(), str(saved_adapter), teacher=teacher)
+    # A CKT load path given another method's adapter
+    lora = get_peft_model(tiny_cosmos_student(), LoraConfig(target_modules=["to_q"], r=2))
+    lora.save_pretrained(tmp_path / "lora")
+    with pytest.raises(ValueError, match=r"holds a LORA adapter \(LoraConfig\), not a CKT adapter"):
+        CKTConfig.from_pretrained(str(tmp_path / "lora"))
+
+
+def test_adapter_on_a_student_of_another_width(tmp_path):
+    config = CKTConfig(
+        teacher=TinyWorldActionModel(), **{**SMALL, "teacher_layer": "obs_in"}, target_modules="text_proj"
+    )
+    get_peft_model(TinyWorldActionModel(width=16), config).save_pretrained(tmp_path)
+    with pytest.raises(
+        ValueError,
+        match=rf"The CKT adapter {tmp_path} was trained for a student of width 16 \(student_hidden_size\), and this "
+        r"student has width 24",
+    ):
+        PeftModel.from_pretrained(TinyWorldActionModel(width=24), str(tmp_path), teacher=TinyWorldActionModel())
