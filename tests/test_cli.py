@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -140,3 +141,37 @@ def test_push_refuses_a_folder_that_is_not_a_ckt_adapter(ckt_adapter_folder, tmp
     (tmp_path / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(SystemExit, match=r"has no adapter_model.safetensors"):
         main(["push", str(tmp_path), "me/repo"])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--preset", "nope"], r"^peft-ckt train: error: Unknown preset 'nope'; available: \[.*'tiny'"),
+        (
+            ["--preset", "tiny", "--resume", "/no/such/checkpoint"],
+            r"--resume '/no/such/checkpoint': no such checkpoint",
+        ),
+        (["--preset", "tiny", "--max-steps", "0"], r"^peft-ckt train: error: --max-steps must be >= 1, got 0\.$"),
+        (["--preset", "tiny", "--learning-rate", "0"], r"--learning-rate must be > 0, got 0.0"),
+        (["--preset", "tiny", "--learning-rate=-1e-4"], r"--learning-rate must be > 0"),
+        ([], r"no --preset given"),
+    ],
+)
+def test_train_argument_errors_are_one_line(argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *argv])
+    assert isinstance(exit_info.value.code, str) and "\n" not in exit_info.value.code
+    assert re.search(message, exit_info.value.code), exit_info.value.code
+
+
+def test_train_argument_error_prints_no_traceback():
+    script = Path(sys.executable).with_name("peft-ckt")
+    proc = subprocess.run(
+        [str(script), "train", "--preset", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "Unknown preset 'nope'" in proc.stderr
