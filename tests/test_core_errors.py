@@ -52,6 +52,8 @@ def test_unknown_teacher_layer_suggests_close_names(teacher):
         (dict(teacher_layer=""), r"`teacher_layer` must be"),
         (dict(student_hidden_size=25), r"divisible by `num_attention_heads`"),
         (dict(teacher=3), r"`teacher` must be an nn.Module or a Hub id"),
+        (dict(teacher_output_index="0"), r"`teacher_output_index` must be an integer"),
+        (dict(teacher_output_index=True), r"`teacher_output_index` must be an integer"),
     ],
 )
 def test_config_validation(overrides, message):
@@ -201,3 +203,72 @@ def test_adapter_on_a_student_of_another_width(tmp_path):
         r"student has width 24",
     ):
         PeftModel.from_pretrained(TinyWorldActionModel(width=24), str(tmp_path), teacher=TinyWorldActionModel())
+
+
+# ---------------------------------------------------------------------------------------------- bad tensors
+def test_tuple_output_needs_teacher_output_index(teacher):
+    # Wan's condition_embedder returns (temb, timestep_proj, text, image): element 0 is one timestep token.
+    config = CKTConfig(teacher=teacher, **{**SMALL, "teacher_layer": "condition_embedder"})
+    model = get_peft_model(tiny_cosmos_student(), config)
+    with pytest.raises(
+        ValueError,
+        match=r"`teacher_layer='condition_embedder'` returns a tuple of 4: \(tensor\[2, 32\], tensor\[2, 192\], "
+        r"tensor\[2, 6, 32\], NoneType\); set `teacher_output_index`",
+    ):
+        model(**tiny_cosmos_inputs(), teacher_inputs=tiny_wan_inputs())
+    config = CKTConfig(teacher=teacher, **{**SMALL, "teacher_layer": "condition_embedder"}, teacher_output_index=2)
+    model = get_peft_model(tiny_cosmos_student(), config)
+    assert model.extract_teacher_features(tiny_wan_inputs()).shape == (2, 6, 32)  # the text tokens
+    with pytest.raises(ValueError, match=r"`teacher_output_index=3` does not name a tensor"):
+        model.peft_config["default"].teacher_output_index = 3
+        model.attach_teacher(teacher)
+        model.extract_teacher_features(tiny_wan_inputs())
+    config = CKTConfig(teacher=teacher, **SMALL, teacher_output_index=0)  # blocks.1 returns a tensor
+    with pytest.raises(ValueError, match=r"returns a single tensor\[2, 16, 32\]: leave `teacher_output_index=None`"):
+        get_peft_model(tiny_cosmos_student(), config)(**tiny_cosmos_inputs(), teacher_inputs=tiny_wan_inputs())
+
+
+def test_teacher_sub_layer_of_another_width(teacher):
+    # blocks.1.ffn.net.0 is the FFN's GELU projection (32 -> 64): its width is read from its own Linear.
+    for explicit in (None, 64):
+        config = CKTConfig(
+            teacher=teacher, **{**SMALL, "teacher_layer": "blocks.1.ffn.net.0"}, teacher_hidden_size=explicit
+        )
+        model = get_peft_model(tiny_cosmos_student(), config)
+        assert model.peft_config["default"].teacher_hidden_size == 64
+        assert torch.isfinite(model(**tiny_cosmos_inputs(), teacher_inputs=tiny_wan_inputs()).sample).all()
+    with pytest.raises(ValueError, match=r"teacher_hidden_size=48 does not match the teacher's width 64"):
+        config = CKTConfig(teacher=teacher, **{**SMALL, "teacher_layer": "blocks.1.ffn.net.0"}, teacher_hidden_size=48)
+        get_peft_model(tiny_cosmos_student(), config)
+    # The dropout after it has no width of its own: the model's hidden size is only a guess there, and an explicit
+    # width that matches the real output wins over it.
+    config = CKTConfig(teacher=teacher, **{**SMALL, "teacher_layer": "blocks.1.ffn.net.1"}, teacher_hidden_size=64)
+    model = get_peft_model(tiny_cosmos_student(), config)
+    assert torch.isfinite(model(**tiny_cosmos_inputs(), teacher_inputs=tiny_wan_inputs()).sample).all()
+
+
+@pytest.mark.parametrize(
+    "make, got",
+    [
+        (lambda: torch.randn(2, 24), r"got a torch.float32 tensor of shape \[2, 24\] on cpu"),
+        (lambda: torch.randn(2, 5, 24, 1), r"shape \[2, 5, 24, 1\]"),
+        (lambda: torch.ones(2, 5, 24, dtype=torch.long), r"got a torch.int64 tensor"),
+        (lambda: torch.randn(2, 5, 24, device="meta"), r"on meta"),
+        (lambda: torch.randn(2, 5, 32), r"shape \[2, 5, 32\]"),
+    ],
+)
+def test_bad_ckt_context(teacher, make, got):
+    model = get_peft_model(tiny_cosmos_student(), CKTConfig(teacher=teacher, **SMALL))
+    with pytest.raises(
+        ValueError, match=r"`ckt_context` must be a floating-point tensor \[B, 2K\(\+1\), d_s\] = \[B, 5, 24\].*" + got
+    ):
+        model(**tiny_cosmos_inputs(), ckt_context=make())
+    # a context from encode_teacher (or its tokens) passes
+    context = model.encode_teacher(tiny_wan_inputs())
+    assert torch.isfinite(model(**tiny_cosmos_inputs(), ckt_context=context.tokens).sample).all()
+
+
+def test_teacher_batch_of_zero_samples(teacher):
+    model = get_peft_model(tiny_cosmos_student(), CKTConfig(teacher=teacher, **SMALL))
+    with pytest.raises(ValueError, match=r"`teacher_inputs` hold a batch of 0 samples"):
+        model.encode_teacher(tiny_wan_inputs(0))
