@@ -7,6 +7,7 @@ Importing this package registers the "ckt" method with peft, so that `get_peft_m
 from .config import CKTConfig
 from .hub import install_push_to_hub
 from .layer import CKTAdapterBank, CKTContext, CKTLayer
+from .loading import install_load_checks
 from .model import CKTModel
 from .registration import register_ckt
 
@@ -15,5 +16,7 @@ __version__ = "0.1.0"
 register_ckt()
 # `model.push_to_hub(...)` on a CKT PeftModel keeps peft's model card (see peft_ckt.hub).
 install_push_to_hub()
+# A local CKT adapter folder with missing or corrupt weights, or a mislabelled peft_type, fails with a named error.
+install_load_checks()
 
 __all__ = ["CKTAdapterBank", "CKTConfig", "CKTContext", "CKTLayer", "CKTModel", "__version__", "register_ckt"]

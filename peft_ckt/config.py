@@ -54,6 +54,8 @@ class CKTConfig(PeftConfig):
             A module is kept by reference and never serialized: `adapter_config.json` stores its name or path.
         teacher_layer (`str`):
             Dotted path of the teacher module whose output is `H_T`, e.g. `"blocks.20"`. Later blocks never run.
+        teacher_output_index (`int`, *optional*):
+            When `teacher_layer` returns a tuple: the element that is `H_T` (a tuple is refused without it).
         context_kwarg (`str`, *optional*):
             Keyword argument of the student's `forward` that carries the conditioning `E_t [B, L, d_s]`, e.g.
             `"encoder_hidden_states"` or `"inputs_embeds"`.
@@ -84,6 +86,13 @@ class CKTConfig(PeftConfig):
     teacher_layer: str = field(
         default="blocks.20",
         metadata={"help": "Dotted path of the teacher module whose output H_T [B, N, d_t] is transferred."},
+    )
+    teacher_output_index: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "Element of the teacher layer's output that is H_T, when that module returns a tuple (e.g. 0 for "
+            "a block returning `(hidden_states, ...)`). A tuple output is refused while this is None."
+        },
     )
     context_kwarg: Optional[str] = field(
         default="encoder_hidden_states",
@@ -172,6 +181,13 @@ class CKTConfig(PeftConfig):
 
         if not isinstance(self.teacher_layer, str) or not self.teacher_layer.strip():
             raise ValueError("`teacher_layer` must be the dotted path of a teacher module, e.g. 'blocks.20'.")
+        if self.teacher_output_index is not None and (
+            not isinstance(self.teacher_output_index, int) or isinstance(self.teacher_output_index, bool)
+        ):
+            raise ValueError(
+                f"`teacher_output_index` must be an integer (the tuple element holding H_T) or None, got "
+                f"{self.teacher_output_index!r}."
+            )
         if isinstance(self.modules_to_save, str):
             self.modules_to_save = [self.modules_to_save]
         elif self.modules_to_save is not None:
@@ -238,6 +254,14 @@ class CKTConfig(PeftConfig):
         # peft lets saved values win over keyword arguments; a teacher passed at load time must win instead.
         teacher = kwargs.pop("teacher", None)
         config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        if not isinstance(config, CKTConfig):  # peft builds whatever class the file's `peft_type` names
+            peft_type = getattr(config.peft_type, "value", config.peft_type)
+            raise ValueError(
+                f"{pretrained_model_name_or_path} holds a {peft_type} adapter ({type(config).__name__}), not a CKT "
+                f"adapter: its adapter_config.json says peft_type={peft_type!r}."
+            )
+        # Widths checked against the models later are then reported as those the saved adapter was trained for.
+        config._saved_adapter = str(pretrained_model_name_or_path)
         if isinstance(teacher, nn.Module):
             config.attach_teacher(teacher)
         elif isinstance(teacher, str):

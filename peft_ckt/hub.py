@@ -38,6 +38,21 @@ def _ckt_config(model: PeftModel, adapter_name: Optional[str] = None):
     return config if isinstance(config, CKTConfig) else None
 
 
+def count_adapter_parameters(model: PeftModel, adapter_name: Optional[str] = None) -> tuple[int, int]:
+    """`(adapter parameters, all parameters)`: the CKT bank of `adapter_name` (default: the active adapter) plus its
+    `modules_to_save` copies, whatever their `requires_grad`. An adapter reloaded for inference is frozen, yet the
+    card must report what was trained: the same numbers as `print_trainable_parameters()` of the training model."""
+    config = _ckt_config(model, adapter_name)
+    name = adapter_name or getattr(model, "active_adapter", None) or next(iter(model.peft_config))
+    owned = (f"ckt_bank.{name}.", f"modules_to_save.{name}.")
+    adapter = total = 0
+    for param_name, param in model.named_parameters():
+        total += param.numel()
+        if config is not None and any(part in f"{param_name}." for part in owned):
+            adapter += param.numel()
+    return adapter, total
+
+
 def is_ckt_model(model: Any) -> bool:
     """True when `model` is a PeftModel whose active adapter is a CKT adapter."""
     return _ckt_config(model) is not None
@@ -84,7 +99,7 @@ def build_model_card(
     if config is None:
         raise ValueError("build_model_card needs a PeftModel whose active adapter is a CKT adapter.")
     base_model = resolve_base_model(model, base_model)
-    trainable, total = model.get_nb_trainable_parameters()
+    trainable, total = count_adapter_parameters(model, adapter_name)
     trainable_pct = 100.0 * trainable / max(total, 1)
     student_class = type(model.get_base_model()).__name__
     teacher_ref = config.teacher if isinstance(config.teacher, str) else None

@@ -31,7 +31,7 @@ from .injection import (
     resolve_route,
 )
 from .layer import MERGE_ERROR, CKTAdapterBank, CKTContext, CKTLayer
-from .teacher import TeacherFeatureExtractor, infer_teacher_hidden_size, load_teacher
+from .teacher import TeacherFeatureExtractor, load_teacher, teacher_layer_width
 
 # Not "ckt_...": peft skips modules whose name contains the method prefix when it walks tuner layers.
 LAYER_NAME = "ckt"
@@ -256,13 +256,26 @@ class CKTModel(BaseTuner):
         # A stored teacher reference is loaded now only if its width is unknown; otherwise on first use, so that
         # training from cached features, pushing or inspecting an adapter never loads a (possibly 14B) teacher.
         teacher = self._resolve_teacher(config, load=config.teacher_hidden_size is None)
-        extractor = TeacherFeatureExtractor(teacher, config.teacher_layer) if teacher is not None else None
+        extractor = (
+            TeacherFeatureExtractor(teacher, config.teacher_layer, config.teacher_output_index)
+            if teacher is not None
+            else None
+        )
         route = resolve_route(model, config.context_kwarg, config.target_modules)
 
-        inferred_t = infer_teacher_hidden_size(teacher, extractor.layer) if extractor is not None else None
-        teacher_hidden_size = _checked_width("teacher", config.teacher_hidden_size, inferred_t, config.teacher_layer)
+        inferred_t, certain = (
+            teacher_layer_width(teacher, extractor.layer, config.teacher_layer)
+            if extractor is not None
+            else (None, True)
+        )
+        saved = getattr(config, "_saved_adapter", None)
+        teacher_hidden_size = _checked_width(
+            "teacher", config.teacher_hidden_size, inferred_t, config.teacher_layer, saved, certain
+        )
         inferred_s = infer_student_hidden_size(model, route)
-        student_hidden_size = _checked_width("student", config.student_hidden_size, inferred_s, route.describe())
+        student_hidden_size = _checked_width(
+            "student", config.student_hidden_size, inferred_s, route.describe(), saved
+        )
         if student_hidden_size % config.num_attention_heads:
             raise ValueError(
                 f"The student width d_s={student_hidden_size} is not divisible by num_attention_heads="
@@ -413,9 +426,10 @@ class CKTModel(BaseTuner):
         """Attaches (or replaces) the teacher of an adapter, e.g. after loading an adapter trained from a cache."""
         adapter_name = adapter_name or self._active_adapter_name()
         config: CKTConfig = self.peft_config[adapter_name]
-        extractor = TeacherFeatureExtractor(teacher, config.teacher_layer)
-        inferred = infer_teacher_hidden_size(teacher, extractor.layer)
-        _checked_width("teacher", config.teacher_hidden_size, inferred, config.teacher_layer)
+        extractor = TeacherFeatureExtractor(teacher, config.teacher_layer, config.teacher_output_index)
+        inferred, certain = teacher_layer_width(teacher, extractor.layer, config.teacher_layer)
+        saved = getattr(config, "_saved_adapter", None)
+        _checked_width("teacher", config.teacher_hidden_size, inferred, config.teacher_layer, saved, certain)
         config.attach_teacher(teacher)
         self._ckt_state().extractors[adapter_name] = extractor
 
@@ -557,9 +571,12 @@ class CKTModel(BaseTuner):
         """The context of one call (given, or teacher + bank now) and how it enters the student."""
         if context is not None:
             if isinstance(context, torch.Tensor):
+                self._check_context_tokens(context, adapter_name)
                 context = CKTContext(context, *(torch.empty(0),) * 3, load_balance_loss=torch.zeros(()))
             elif not isinstance(context, CKTContext):
                 raise TypeError(f"`ckt_context` must be a CKTContext (from encode_teacher), got {type(context)}.")
+            else:
+                self._check_context_tokens(context.tokens, adapter_name)
             self._remember(context, adapter_name)
         elif teacher_inputs is not None:
             context = self.encode_teacher(teacher_inputs, adapter_name)
@@ -573,6 +590,29 @@ class CKTModel(BaseTuner):
         route = self._ckt_state().routes[adapter_name]
         aux_loss = config.load_balance_weight * context.load_balance_loss
         return _ForwardInjection(context, route, config.injection, aux_loss)
+
+    def _check_context_tokens(self, tokens: Any, adapter_name: str) -> None:
+        """A given context must be a floating `[B, 2K(+1), d_s]` tensor holding data. Metadata only: no host-device
+        sync on the per-denoising-step path (its values were checked where they were made)."""
+        config: CKTConfig = self.peft_config[adapter_name]
+        length = 2 * config.num_context_tokens + int(config.use_separator)
+        width = self.get_bank(adapter_name).student_hidden_size
+        if (
+            not isinstance(tokens, torch.Tensor)
+            or tokens.ndim != 3
+            or tuple(tokens.shape[1:]) != (length, width)
+            or not tokens.is_floating_point()
+            or tokens.device.type == "meta"
+        ):
+            got = (
+                f"a {tokens.dtype} tensor of shape {list(tokens.shape)} on {tokens.device}"
+                if isinstance(tokens, torch.Tensor)
+                else type(tokens).__name__
+            )
+            raise ValueError(
+                f"`ckt_context` must be a floating-point tensor [B, 2K(+1), d_s] = [B, {length}, {width}] holding data "
+                f"(e.g. `model.encode_teacher(...)`), got {got}."
+            )
 
     @contextmanager
     def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
@@ -603,8 +643,22 @@ class CKTModel(BaseTuner):
         return re.sub(rf"(\.|^)ckt_bank\.{re.escape(adapter_name)}(?=\.|$)", r"\1ckt_bank", key)
 
 
-def _checked_width(role: str, explicit: Optional[int], inferred: Optional[int], where: str) -> int:
-    if explicit is not None and inferred is not None and explicit != inferred:
+def _checked_width(
+    role: str,
+    explicit: Optional[int],
+    inferred: Optional[int],
+    where: str,
+    saved_adapter: Optional[str] = None,
+    certain: bool = True,
+) -> int:
+    """The width to build the bank with. An explicit width must match a certain inferred one; it overrides a guess
+    (the bank then checks the real width on the first call)."""
+    if explicit is not None and inferred is not None and explicit != inferred and certain:
+        if saved_adapter is not None:  # the width is the saved adapter's, not a setting the user can leave out
+            raise ValueError(
+                f"The CKT adapter {saved_adapter} was trained for a {role} of width {explicit} ({role}_hidden_size), "
+                f"and this {role} has width {inferred} at {where}: load it onto the {role} it was trained with."
+            )
         raise ValueError(
             f"{role}_hidden_size={explicit} does not match the {role}'s width {inferred} at {where}. Leave "
             f"`{role}_hidden_size=None` to use the inferred width."

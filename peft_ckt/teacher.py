@@ -34,15 +34,41 @@ def get_submodule_or_raise(model: nn.Module, path: str, role: str, kwarg_name: s
         ) from None
 
 
-def _first_tensor(output: Any) -> torch.Tensor:
+def _describe_output(output: Any) -> str:
+    def one(value: Any) -> str:
+        return f"tensor{list(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+
+    if isinstance(output, (tuple, list)):
+        return f"{type(output).__name__} of {len(output)}: (" + ", ".join(one(v) for v in output) + ")"
+    return one(output)
+
+
+def select_layer_output(output: Any, layer_name: str, output_index: Optional[int] = None) -> torch.Tensor:
+    """The tensor `H_T` in a teacher layer's output: the output itself, or element `output_index` of a tuple. A tuple
+    without `output_index` is refused (element 0 is not always the hidden states, e.g. Wan's `condition_embedder`
+    returns the timestep embedding first)."""
+    if isinstance(output, Mapping):  # transformers' ModelOutput: its tensors in order, the hidden states first
+        output = tuple(value for value in output.values() if isinstance(value, torch.Tensor))
+        output_index = 0 if output_index is None else output_index
     if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    if isinstance(output, Mapping):
-        for value in output.values():
-            if isinstance(value, torch.Tensor):
-                return value
+        if output_index is None:
+            return output
+        raise ValueError(
+            f"`teacher_output_index={output_index}`, but `teacher_layer={layer_name!r}` returns a single "
+            f"{_describe_output(output)}: leave `teacher_output_index=None`."
+        )
+    elif isinstance(output, (tuple, list)):
+        if output_index is None:
+            raise ValueError(
+                f"`teacher_layer={layer_name!r}` returns a {_describe_output(output)}; set `teacher_output_index` to "
+                "the element that holds H_T [B, N, d_t]."
+            )
+        if not -len(output) <= output_index < len(output) or not isinstance(output[output_index], torch.Tensor):
+            raise ValueError(
+                f"`teacher_output_index={output_index}` does not name a tensor of `teacher_layer={layer_name!r}`'s "
+                f"output, a {_describe_output(output)}."
+            )
+        return output[output_index]
     raise TypeError(f"The teacher layer returned {type(output).__name__}; expected a tensor [B, N, d_t].")
 
 
@@ -79,11 +105,12 @@ class TeacherFeatureExtractor:
     the teacher must never become a submodule (peft would treat it as adapter weights).
     """
 
-    def __init__(self, teacher: nn.Module, layer_name: str):
+    def __init__(self, teacher: nn.Module, layer_name: str, output_index: Optional[int] = None):
         if not isinstance(teacher, nn.Module):
             raise TypeError(f"The teacher must be an nn.Module, got {type(teacher).__name__}.")
         self.teacher = teacher
         self.layer_name = layer_name
+        self.output_index = output_index
         self.layer = get_submodule_or_raise(teacher, layer_name, "teacher", "teacher_layer")
         teacher.requires_grad_(False)
         teacher.eval()
@@ -94,11 +121,13 @@ class TeacherFeatureExtractor:
                 f"`teacher_inputs` must be a dict of keyword arguments for the teacher's forward, got "
                 f"{type(teacher_inputs).__name__}."
             )
+        if batch_size_of(teacher_inputs) == 0:
+            raise ValueError("`teacher_inputs` hold a batch of 0 samples; the teacher needs at least one sample.")
         device, dtype = _module_device_dtype(self.teacher)
         inputs = _to_device(dict(teacher_inputs), device, dtype)
 
         def capture(module: nn.Module, args: Any, output: Any) -> None:
-            raise _TeacherEarlyExit(_first_tensor(output))
+            raise _TeacherEarlyExit(select_layer_output(output, self.layer_name, self.output_index))
 
         handle = self.layer.register_forward_hook(capture)
         try:
@@ -149,6 +178,53 @@ def _config_get(config: Any, key: str) -> Any:
     if isinstance(config, Mapping):
         return config.get(key)
     return getattr(config, key, None)
+
+
+def _known_output_width(layer: nn.Module) -> Optional[int]:
+    """Width of what `layer` itself returns, when its type says it: a Linear, an Embedding, a norm, a module with
+    `out_features`, or a module whose only Linear is its output projection (e.g. diffusers' GELU `proj`)."""
+    if isinstance(layer, (nn.Linear, nn.Embedding)) or getattr(layer, "normalized_shape", None):
+        return infer_width(layer)
+    if isinstance(getattr(layer, "out_features", None), int):
+        return layer.out_features
+    linears = [module for module in layer.modules() if isinstance(module, nn.Linear)]
+    return linears[0].out_features if len(linears) == 1 else None
+
+
+def _is_stack_block(layer_name: str) -> bool:
+    """`blocks.3`, `model.layers.7`: a block of the model's main stack, which keeps the residual width. Not
+    `blocks.3.ffn.net.0`, a sub-layer of one."""
+    parts = layer_name.split(".")
+    digits = [i for i, part in enumerate(parts) if part.isdigit()]
+    return bool(digits) and digits[0] == len(parts) - 1
+
+
+def teacher_layer_width(teacher: nn.Module, layer: nn.Module, layer_name: str) -> tuple[Optional[int], bool]:
+    """`(d_t, certain)`: the width of `teacher_layer`'s output, and whether it is certain. Certain: the layer's own
+    output width (see `_known_output_width`), or the model's hidden size for a block of its main stack. A hidden
+    size read from the config for a sub-layer, or a norm's width inside it, is a guess that an explicit
+    `teacher_hidden_size` may override (the adapter bank checks the real width on the first teacher call)."""
+    width = _known_output_width(layer)
+    if width is not None:
+        return width, True
+    width = _config_hidden_size(teacher)
+    if width is not None:
+        return width, _is_stack_block(layer_name)
+    return infer_teacher_hidden_size(teacher, layer), False
+
+
+def _config_hidden_size(teacher: nn.Module) -> Optional[int]:
+    config = getattr(teacher, "config", None)
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    for key in ("hidden_size", "d_model", "n_embd"):
+        value = _config_get(config, key)
+        if isinstance(value, int):
+            return value
+    heads, head_dim = _config_get(config, "num_attention_heads"), _config_get(config, "attention_head_dim")
+    if isinstance(heads, int) and isinstance(head_dim, int):  # diffusers transformers: inner_dim
+        return heads * head_dim
+    return None
 
 
 def infer_teacher_hidden_size(teacher: nn.Module, layer: nn.Module) -> Optional[int]:

@@ -97,6 +97,7 @@ def cache_teacher_features(
     dataset: Dataset,
     output_dir: str,
     *,
+    teacher_output_index: Optional[int] = None,
     dtype: str = "fp32",
     batch_size: int = 8,
     max_shard_size_mb: float = 512.0,
@@ -114,6 +115,7 @@ def cache_teacher_features(
     Args:
         teacher: the frozen teacher module (put it in the dtype you want it to run in).
         teacher_layer: dotted path of the layer whose output is cached (the CKT config's `teacher_layer`).
+        teacher_output_index: the tuple element of that layer's output to cache (the config's `teacher_output_index`).
         dataset: map-style dataset; samples hold `teacher_inputs` (see `teacher_inputs_fn`) and ideally `index`.
         output_dir: the cache folder (created).
         dtype: storage dtype: "fp32", "fp16" or "bf16".
@@ -145,7 +147,7 @@ def cache_teacher_features(
     state.wait_for_everyone()
 
     teacher.to(state.device)
-    extractor = TeacherFeatureExtractor(teacher, teacher_layer)
+    extractor = TeacherFeatureExtractor(teacher, teacher_layer, teacher_output_index)
     teacher_name, teacher_class = module_reference(teacher)
     storage_dtype = DTYPES[dtype]
 
@@ -266,7 +268,14 @@ class TeacherFeatureCache:
         handle = self._handles.get(shard)
         if handle is None:
             handle = self._handles[shard] = safe_open(os.path.join(self.path, shard), framework="pt")
-        return handle.get_tensor(key)
+        features = handle.get_tensor(key)
+        # Caught here, where the features enter training, rather than as a NaN loss steps later.
+        if not bool(torch.isfinite(features).all()):
+            raise ValueError(
+                f"Sample {index} in the teacher-feature cache shard {os.path.join(self.path, shard)} contains NaN or "
+                "inf: rebuild the cache (`peft-ckt cache-teacher ... --overwrite`)."
+            )
+        return features
 
     def __getstate__(self) -> dict:  # DataLoader workers reopen the shards themselves
         state = self.__dict__.copy()

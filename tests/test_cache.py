@@ -110,3 +110,21 @@ def test_training_from_the_cache_matches_the_live_teacher(tmp_path, fp32_cache):
     config = json.loads((tmp_path / "cached" / "adapter_config.json").read_text())
     assert config["teacher_class"].endswith("WanTransformer3DModel") and config["teacher_layer"] == "blocks.2"
     assert config["teacher_hidden_size"] == 32
+
+
+def test_non_finite_cached_features_name_the_shard(fp32_cache, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "cache"
+    shutil.copytree(fp32_cache, folder)
+    index = json.loads((folder / INDEX_NAME).read_text())
+    shard = folder / index["samples"]["13"]
+    tensors = load_file(shard)
+    tensors["13"][2, 5] = float("inf")
+    save_file(tensors, shard, metadata={"format": "peft-ckt-teacher-features"})
+    cache = TeacherFeatureCache(str(folder))
+    assert torch.isfinite(cache[12]).all()  # other samples of the shard still read
+    with pytest.raises(ValueError, match=rf"Sample 13 in the teacher-feature cache shard {shard} contains NaN or inf"):
+        cache[13]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +77,101 @@ def test_python_dash_m_runs_the_command():
         [sys.executable, "-m", "peft_ckt.commands", "--help"], capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0 and "peft-ckt" in out.stdout and "eval-libero" in out.stdout
+
+
+PUSH_EARLY = """
+import sys
+from peft_ckt.commands import main
+folder, repo_ids = sys.argv[1], sys.argv[2:]
+for repo_id in repo_ids:
+    try:
+        main(["push", folder, repo_id, "--preset", "tiny"])
+    except SystemExit as exit_:
+        print("EXIT", exit_.code)
+# Building the tiny student imports diffusers: the checks must come before any of that work.
+print("BUILT", "diffusers" in sys.modules)
+"""
+
+
+@pytest.fixture(scope="module")
+def ckt_adapter_folder(tmp_path_factory):
+    import torch
+    from peft import get_peft_model
+
+    from peft_ckt import CKTConfig
+    from peft_ckt.testing import TinyWorldActionModel
+
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("adapter")
+    config = CKTConfig(
+        teacher=TinyWorldActionModel(), teacher_layer="obs_in", target_modules="text_proj", num_experts=2, top_k=1
+    )
+    config.bottleneck_dim = config.router_hidden_dim = 8
+    get_peft_model(TinyWorldActionModel(), config).save_pretrained(folder)
+    return folder
+
+
+def test_push_checks_repo_id_and_token_before_any_work(ckt_adapter_folder, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HOME=str(tmp_path), OMP_NUM_THREADS="1")  # no HF_TOKEN, no saved login
+    repo_ids = ["/tmp/somewhere", "./out", "a/b/c", "me/repo"]
+    proc = subprocess.run(
+        [sys.executable, "-c", PUSH_EARLY, str(ckt_adapter_folder), *repo_ids],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    exits = [line[len("EXIT ") :] for line in proc.stdout.splitlines() if line.startswith("EXIT ")]
+    assert len(exits) == 4, proc.stdout + proc.stderr[-3000:]
+    assert "'/tmp/somewhere' is not a Hub repository id 'user/name' or 'name' (a local path" in exits[0]
+    assert "'./out' is not a Hub repository id" in exits[1] and "(a local path" in exits[1]
+    assert exits[2].endswith("'a/b/c' is not a Hub repository id 'user/name' or 'name'.")
+    assert exits[3].startswith("peft-ckt push: error: no Hugging Face token: pass --token, set HF_TOKEN")
+    assert "BUILT False" in proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_push_refuses_a_folder_that_is_not_a_ckt_adapter(ckt_adapter_folder, tmp_path):
+    with pytest.raises(SystemExit, match=rf"{tmp_path} is not an adapter folder \(no adapter_config.json\)"):
+        main(["push", str(tmp_path), "me/repo"])
+    config = json.loads((ckt_adapter_folder / "adapter_config.json").read_text())
+    (tmp_path / "adapter_config.json").write_text(json.dumps({**config, "peft_type": "LORA"}))
+    with pytest.raises(SystemExit, match=r"says peft_type='LORA', not 'CKT'"):
+        main(["push", str(tmp_path), "me/repo"])
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit, match=r"has no adapter_model.safetensors"):
+        main(["push", str(tmp_path), "me/repo"])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--preset", "nope"], r"^peft-ckt train: error: Unknown preset 'nope'; available: \[.*'tiny'"),
+        (
+            ["--preset", "tiny", "--resume", "/no/such/checkpoint"],
+            r"--resume '/no/such/checkpoint': no such checkpoint",
+        ),
+        (["--preset", "tiny", "--max-steps", "0"], r"^peft-ckt train: error: --max-steps must be >= 1, got 0\.$"),
+        (["--preset", "tiny", "--learning-rate", "0"], r"--learning-rate must be > 0, got 0.0"),
+        (["--preset", "tiny", "--learning-rate=-1e-4"], r"--learning-rate must be > 0"),
+        ([], r"no --preset given"),
+    ],
+)
+def test_train_argument_errors_are_one_line(argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *argv])
+    assert isinstance(exit_info.value.code, str) and "\n" not in exit_info.value.code
+    assert re.search(message, exit_info.value.code), exit_info.value.code
+
+
+def test_train_argument_error_prints_no_traceback():
+    script = Path(sys.executable).with_name("peft-ckt")
+    proc = subprocess.run(
+        [str(script), "train", "--preset", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "Unknown preset 'nope'" in proc.stderr

@@ -129,6 +129,8 @@ def test_push_and_pull_round_trip_through_the_hub(tmp_path):
 
         cli_meta, _ = card_metadata(hub.files(cli_repo)["README.md"])
         assert cli_meta["base_model"] == "org/other-student" and "libero" in cli_meta["tags"]
+        # The CLI reloads the adapter frozen; its card still counts the adapter's parameters.
+        assert cli_meta["ckt"]["trainable_parameters"] == meta["ckt"]["trainable_parameters"] > 0
         assert hub.files(cli_repo)["adapter_model.safetensors"] == files["adapter_model.safetensors"]
 
         # A fresh process pulls the adapter and reproduces the pushed model's outputs exactly.
@@ -186,3 +188,41 @@ def test_real_hub_round_trip(tmp_path):  # pragma: no cover - opt-in
     finally:
         for name in (repo, repo + "-cli"):
             api.delete_repo(name, missing_ok=True)
+
+
+def test_card_counts_the_adapter_of_a_frozen_reloaded_model(tmp_path, capsys):
+    # `peft-ckt push` reloads the adapter for inference (nothing requires grad): the card must still report what
+    # `print_trainable_parameters()` of the trained model said, modules_to_save included.
+    import torch
+    from peft import PeftModel, get_peft_model
+
+    from peft_ckt import CKTConfig
+    from peft_ckt.hub import build_model_card
+    from peft_ckt.testing import tiny_cosmos_student, tiny_wan_teacher
+
+    torch.set_num_threads(1)
+    teacher = tiny_wan_teacher()
+    config = CKTConfig(
+        teacher=teacher,
+        teacher_layer="blocks.1",
+        num_context_tokens=2,
+        num_experts=2,
+        top_k=1,
+        bottleneck_dim=8,
+        router_hidden_dim=8,
+        num_attention_heads=2,
+        modules_to_save=["proj_out"],
+    )
+    trained = get_peft_model(tiny_cosmos_student(), config)
+    trainable, total = trained.get_nb_trainable_parameters()
+    trained.print_trainable_parameters()
+    printed = capsys.readouterr().out
+    trained.save_pretrained(tmp_path)
+
+    reloaded = PeftModel.from_pretrained(tiny_cosmos_student(), tmp_path, teacher=teacher)
+    assert reloaded.get_nb_trainable_parameters()[0] == 0  # frozen for inference
+    card = build_model_card(reloaded, repo_id="me/x")
+    assert (card.data.ckt["trainable_parameters"], total) == (trainable, reloaded.get_nb_trainable_parameters()[1])
+    assert f"trainable params: {trainable:,}" in printed
+    assert f"trainable%: {card.data.ckt['trainable_percent']:.4f}" in printed
+    assert f"{trainable:,} of {total:,}" in card.text

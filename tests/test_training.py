@@ -221,3 +221,53 @@ def test_example_script_under_accelerate_launch(tmp_path):
     assert "started a single process" in proc.stderr
     saved = load_file(out / "adapter_model.safetensors")
     assert saved and all(key.startswith("base_model.model.ckt") for key in saved)
+
+
+def reset_accelerate():
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    killed = train(tiny_args(tmp_path, max_steps=6, checkpointing_steps=2, stop_after_steps=5))
+    assert killed.stopped_early
+    checkpoints = list_checkpoints(tmp_path)
+    assert [Path(p).name for p in checkpoints] == ["checkpoint-2", "checkpoint-4"]
+    weights = Path(checkpoints[-1]) / TRAINABLE_STATE_FILE
+    weights.write_bytes(weights.read_bytes()[:100])  # a torn write
+    reset_accelerate()
+    with pytest.warns(UserWarning, match=r"checkpoint-4 cannot be loaded .*; falling back to .*checkpoint-2"):
+        resumed = train(tiny_args(tmp_path, max_steps=6, checkpointing_steps=2, resume="latest"))
+    assert not resumed.stopped_early and resumed.global_step == 6
+    # The steps after checkpoint-2 were redone: the resumed run logged steps 3..6.
+    assert [record["step"] for record in resumed.history] == [3, 4, 5, 6]
+    assert (tmp_path / "adapter_model.safetensors").exists()
+
+
+def test_resume_with_changed_arguments_warns_and_keeps_the_original_arguments(tmp_path):
+    train(tiny_args(tmp_path, max_steps=6, checkpointing_steps=2, stop_after_steps=3))
+    original = json.loads((tmp_path / "training_args.json").read_text())
+    reset_accelerate()
+    with pytest.warns(
+        UserWarning, match=r"changed arguments: per_device_batch_size 4 -> 2, learning_rate 0.001 -> 0.002"
+    ):
+        train(
+            tiny_args(
+                tmp_path,
+                max_steps=6,
+                checkpointing_steps=2,
+                resume="latest",
+                per_device_batch_size=2,
+                learning_rate=2e-3,
+            )
+        )
+    assert json.loads((tmp_path / "training_args.json").read_text()) == original
+    beside = json.loads((tmp_path / "training_args.resumed-step-2.json").read_text())
+    assert (beside["per_device_batch_size"], beside["learning_rate"], beside["resume"]) == (2, 2e-3, "latest")
+
+
+@pytest.mark.parametrize("rate", ["learning_rate", "router_learning_rate"])
+def test_non_positive_learning_rate_is_refused(rate):
+    for value in (0.0, -1e-3):
+        with pytest.raises(ValueError, match=rf"--{rate.replace('_', '-')} must be > 0"):
+            CKTTrainingArguments(**{rate: value})

@@ -55,11 +55,62 @@ def _student_for(adapter_dir: str, preset_name: str | None):
     return load_teacher(base)
 
 
+def check_push_arguments(args: argparse.Namespace) -> str:
+    """Checks the adapter folder, the repo id and the token before any model is built; returns the token.
+    Raises SystemExit with one line naming the problem."""
+    import json
+    import os
+
+    from huggingface_hub import HfApi, get_token
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    from ..loading import ADAPTER_CONFIG_NAME, check_adapter_folder
+
+    config_path = os.path.join(args.adapter_dir, ADAPTER_CONFIG_NAME)
+    if not os.path.isfile(config_path):
+        raise SystemExit(
+            f"peft-ckt push: error: {args.adapter_dir} is not an adapter folder (no {ADAPTER_CONFIG_NAME})."
+        )
+    try:
+        check_adapter_folder(args.adapter_dir)
+        with open(config_path) as f:
+            peft_type = json.load(f).get("peft_type")
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"peft-ckt push: error: {err}") from None
+    if peft_type != "CKT":
+        raise SystemExit(
+            f"peft-ckt push: error: {config_path} says peft_type={peft_type!r}; `peft-ckt push` uploads CKT adapters."
+        )
+    try:
+        validate_repo_id(args.repo_id)
+    except HFValidationError:
+        where = (
+            " (a local path: push uploads to the Hub; a local copy is just a copy of the adapter folder)"
+            if (os.path.isabs(args.repo_id) or args.repo_id.startswith(".") or os.path.exists(args.repo_id))
+            else ""
+        )
+        raise SystemExit(
+            f"peft-ckt push: error: {args.repo_id!r} is not a Hub repository id 'user/name' or 'name'{where}."
+        ) from None
+    token = args.token or get_token()
+    if not token:
+        raise SystemExit(
+            "peft-ckt push: error: no Hugging Face token: pass --token, set HF_TOKEN or run `hf auth login`."
+        )
+    try:
+        HfApi(token=token).whoami()
+    except Exception as err:  # 401 for a bad token, a connection error for an unreachable endpoint
+        raise SystemExit(f"peft-ckt push: error: the Hub did not accept the token: {err}".splitlines()[0]) from None
+    return token
+
+
 def run(args: argparse.Namespace) -> int:
     from peft import PeftModel
 
     from ..hub import push_to_hub
 
+    token = check_push_arguments(args)
     student = _student_for(args.adapter_dir, args.preset)
     # Uploading needs no teacher: the stored reference is only loaded when teacher features are first needed.
     model = PeftModel.from_pretrained(student, args.adapter_dir)
@@ -68,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         args.repo_id,
         commit_message=args.commit_message,
         private=args.private or None,
-        token=args.token,
+        token=token,
         revision=args.revision,
         create_pr=args.create_pr,
         base_model=args.base_model,

@@ -26,11 +26,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def check_train_arguments(args: argparse.Namespace):
+    """The training arguments, checked before any model is built; SystemExit with one line naming the problem."""
+    import os
+
     from ..training.arguments import CKTTrainingArguments, arguments_from_namespace
+    from ..training.presets import get_preset
+
+    try:
+        training_args = arguments_from_namespace(args, CKTTrainingArguments)
+        if training_args.preset is not None:
+            get_preset(training_args.preset)
+    except ValueError as err:
+        raise SystemExit(f"peft-ckt train: error: {err}") from None
+    if training_args.preset is None:
+        raise SystemExit("peft-ckt train: error: no --preset given (e.g. `--preset tiny`); see --help.")
+    resume = training_args.resume
+    if resume and resume != "latest" and not os.path.isdir(resume):
+        raise SystemExit(f"peft-ckt train: error: --resume {resume!r}: no such checkpoint folder.")
+    if training_args.teacher_cache and not os.path.isdir(training_args.teacher_cache):
+        raise SystemExit(f"peft-ckt train: error: --teacher-cache {training_args.teacher_cache!r}: no such folder.")
+    return training_args
+
+
+def run(args: argparse.Namespace) -> int:
     from ..training.trainer import train
 
-    result = train(arguments_from_namespace(args, CKTTrainingArguments))
+    result = train(check_train_arguments(args))
     if result.stopped_early:
         print(f"Stopped after step {result.global_step} (--stop-after-steps); resume with --resume.")
     return 0

@@ -190,6 +190,10 @@ class CKTTrainingArguments:
                     setattr(self, name, value)
         if self.max_steps < 1:
             raise ValueError(f"--max-steps must be >= 1, got {self.max_steps}.")
+        if not self.learning_rate > 0:
+            raise ValueError(f"--learning-rate must be > 0, got {self.learning_rate}.")
+        if self.router_learning_rate is not None and not self.router_learning_rate > 0:
+            raise ValueError(f"--router-learning-rate must be > 0, got {self.router_learning_rate}.")
         if self.per_device_batch_size < 1 or self.gradient_accumulation_steps < 1:
             raise ValueError("--per-device-batch-size and --gradient-accumulation-steps must be >= 1.")
         if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION_CHOICES:

@@ -31,11 +31,34 @@ from .arguments import CKTTrainingArguments
 CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 METRICS_FILE = "metrics.jsonl"
+TRAINING_ARGS_FILE = "training_args.json"
+# Arguments that only say how this invocation runs (not what it trains): changing them on resume is expected.
+RESUME_ONLY_ARGS = ("resume", "stop_after_steps", "progress_bar", "report_to", "dataloader_num_workers")
+# Arguments that change the optimisation when changed on resume: a warning names them.
+RUN_ALTERING_ARGS = (
+    "per_device_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "router_learning_rate",
+    "weight_decay",
+    "lr_scheduler",
+    "warmup_steps",
+    "warmup_ratio",
+    "max_steps",
+    "seed",
+)
 TRAINABLE_STATE_FILE = "ckt_trainable_state.safetensors"
 # Parameters without weight decay: 1-D tensors (biases, norm scales, the router's noise scale) and the learned
 # tokens, whose scale is part of what they encode (LQCA queries, the <SEP> token).
 NO_DECAY_NAME_PARTS = ("norm", "queries", "separator", "noise_scale", "bias")
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _atomic_write_json(path: str, payload: Any) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------------- pieces
@@ -267,16 +290,65 @@ class CKTTrainer:
         accelerator.register_save_state_pre_hook(save_hook)
         accelerator.register_load_state_pre_hook(load_hook)
 
-    def _resolve_resume(self) -> Optional[str]:
+    def _resume_candidates(self) -> list[str]:
+        """Checkpoints to resume from, in the order to try them: the named one, or (for "latest") every complete
+        checkpoint newest first, so that a corrupt newest one falls back to the one before."""
         resume = self.args.resume
         if not resume:
-            return None
+            return []
         if resume == "latest":
-            checkpoints = list_checkpoints(self.args.output_dir)
-            return checkpoints[-1] if checkpoints else None
+            return list_checkpoints(self.args.output_dir)[::-1]
         if not os.path.isdir(resume):
             raise FileNotFoundError(f"--resume {resume!r}: no such checkpoint folder.")
-        return resume
+        return [resume]
+
+    def _load_checkpoint(self, accelerator, candidates: list[str]) -> Optional[str]:
+        """Loads the first loadable checkpoint of `candidates`; returns it (None when there is none to try)."""
+        for position, candidate in enumerate(candidates):
+            try:
+                accelerator.load_state(candidate)
+            except Exception as err:
+                older = candidates[position + 1] if position + 1 < len(candidates) else None
+                problem = f"Checkpoint {candidate} cannot be loaded ({type(err).__name__}: {err})"
+                if older is None:
+                    raise RuntimeError(f"{problem}, and there is no older checkpoint to fall back to.") from err
+                # Every component is loaded again from the older checkpoint, so nothing of the bad one remains.
+                warnings.warn(f"{problem}; falling back to {older}.", stacklevel=2)
+                continue
+            accelerator.print(f"Resuming from {candidate}")
+            return candidate
+        return None
+
+    def _write_training_args(self, resumed_from: Optional[str]) -> None:
+        """`training_args.json` holds the arguments the run started with. A resumed run whose arguments differ keeps
+        it, writes its own beside it (`training_args.resumed-step-N.json`) and warns about changes that alter the
+        run (batch size, learning rates, schedule)."""
+        path = os.path.join(self.args.output_dir, TRAINING_ARGS_FILE)
+        current = self.args.to_dict()
+        previous = None
+        if resumed_from is not None and os.path.isfile(path):
+            with open(path) as f:
+                previous = json.load(f)
+        if previous is None:
+            _atomic_write_json(path, current)
+            return
+        changed = {
+            key: (previous.get(key), value)
+            for key, value in current.items()
+            if key not in RESUME_ONLY_ARGS and previous.get(key) != value
+        }
+        if not changed:
+            return
+        beside = os.path.join(self.args.output_dir, f"training_args.resumed-step-{self.state.global_step}.json")
+        _atomic_write_json(beside, current)
+        altering = {key: change for key, change in changed.items() if key in RUN_ALTERING_ARGS}
+        if altering:
+            described = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in altering.items())
+            warnings.warn(
+                f"Resuming from {resumed_from} with changed arguments: {described}. The run continues with the new "
+                f"values; {TRAINING_ARGS_FILE} keeps the original ones and {os.path.basename(beside)} the new ones.",
+                stacklevel=2,
+            )
 
     # ----------------------------------------------------------------------------------------------- helpers
     @staticmethod
@@ -348,10 +420,9 @@ class CKTTrainer:
         _warn_if_cpu_launch_is_single_process()
         accelerator = self._build_accelerator()
         set_seed(args.seed, deterministic=args.full_determinism)
+        resume_candidates = self._resume_candidates()
         if accelerator.is_main_process:
             os.makedirs(args.output_dir, exist_ok=True)
-            with open(os.path.join(args.output_dir, "training_args.json"), "w") as f:
-                json.dump(args.to_dict(), f, indent=2)
 
         if self.teacher is not None:
             self.teacher.to(accelerator.device)
@@ -388,10 +459,9 @@ class CKTTrainer:
         self._register_checkpoint_hooks(accelerator, step_module)
         trainable_params = [p for p in step_module.parameters() if p.requires_grad]
 
-        resume_from = self._resolve_resume()
-        if resume_from is not None:
-            accelerator.print(f"Resuming from {resume_from}")
-            accelerator.load_state(resume_from)
+        resume_from = self._load_checkpoint(accelerator, resume_candidates)
+        if accelerator.is_main_process:
+            self._write_training_args(resume_from)
         metrics_path = os.path.join(args.output_dir, METRICS_FILE)
         if accelerator.is_main_process:
             if resume_from is None and os.path.exists(metrics_path):
