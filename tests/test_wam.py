@@ -40,19 +40,20 @@ def fake_episodes(num: int = 2, length: int = 20, stride: int = 1, seed: int = 0
     ]
 
 
+TINY_DEFAULTS = dict(
+    vocabulary=build_vocabulary(INSTRUCTIONS),
+    image_size=16,
+    pixel_block=4,
+    chunk_size=16,
+    num_attention_heads=2,
+    attention_head_dim=16,
+    text_dim=16,
+)
+
+
 def tiny_wam(backbone: str, **kwargs) -> WorldActionModel:
     torch.manual_seed(0 if backbone == "wan" else 1)
-    defaults = dict(
-        backbone=backbone,
-        vocabulary=build_vocabulary(INSTRUCTIONS),
-        image_size=16,
-        pixel_block=4,
-        chunk_size=16,
-        num_layers=4 if backbone == "wan" else 2,
-        num_attention_heads=2,
-        attention_head_dim=16,
-        text_dim=16,
-    )
+    defaults = {**TINY_DEFAULTS, "backbone": backbone, "num_layers": 4 if backbone == "wan" else 2}
     return WorldActionModel(**{**defaults, **kwargs})
 
 
@@ -80,6 +81,41 @@ def test_frames_round_trip_actions_and_images():
 def test_chunk_too_long_for_the_frame_is_refused():
     with pytest.raises(ValueError, match="chunk_size"):
         tiny_wam("cosmos", chunk_size=8)
+
+
+class ExactWAM(WorldActionModel):
+    """A WAM whose backbone output is replaced by the exact answer for one known batch: what a perfectly trained
+    model predicts, `x_0` or `e - x_0` depending on `prediction_type`. It checks the sampler and the loss, which
+    are the real code, against the parameterisation they claim."""
+
+    def __init__(self, target: torch.Tensor, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.target = target
+
+    def forward(self, hidden_states, timestep, encoder_hidden_states=None, instruction_ids=None):
+        clean = self.target
+        noisy = hidden_states[:, :, 3:]
+        t = timestep.view(-1, 1, 1, 1, 1)
+        answer = clean if self.prediction_type == "sample" else (noisy - (1 - t) * clean) / t - clean
+        return torch.cat([hidden_states[:, :, :3], answer], dim=2)
+
+
+@pytest.mark.parametrize("prediction_type", ["sample", "velocity"])
+def test_sampler_and_loss_match_the_parameterisation(prediction_type):
+    batch = ChunkDataset(fake_episodes()).batch(torch.arange(4))
+    target = tiny_wam("cosmos").target_latents(batch)
+    torch.manual_seed(1)
+    wam = ExactWAM(target, **{**TINY_DEFAULTS, "backbone": "cosmos", "prediction_type": prediction_type})
+    # Rectified flow from any noise lands exactly on the data when the prediction is exact.
+    out = sample(wam, wam, batch, num_steps=3, initial_noise=torch.randn_like(target))
+    assert torch.allclose(out["latents"], target, atol=1e-4)
+    assert torch.allclose(out["actions"][..., :6], batch["action"][..., :6], atol=1e-4)
+    assert flow_matching_loss(wam, wam, batch)["loss"].item() < 1e-8
+
+
+def test_unknown_prediction_type_is_refused():
+    with pytest.raises(ValueError, match="prediction_type"):
+        tiny_wam("cosmos", prediction_type="epsilon")
 
 
 @pytest.mark.parametrize("backbone", ["wan", "cosmos"])

@@ -73,6 +73,12 @@ class WorldActionModel(
             variance like the noise they are mixed with (the role of a VAE's scaling factor).
         future_loss_weight: weight of the future-frame denoising loss beside the action loss.
         num_inference_steps: Euler steps of `sample`.
+        prediction_type: what the backbone outputs: `"velocity"` (`e - x_0`, the default) or `"sample"` (the clean
+            frames `x_0`). A latent token has more channels than these small transformers are wide (192 against
+            64-96), so a velocity, which carries each channel's own noise, cannot pass through their residual
+            stream exactly, while clean frames can; measured on the demo's data (docs/wam.md), `"sample"` still
+            predicted held-out actions no better at the same step count, so the default stays the flow-matching
+            one. Sampling and the loss are the same rectified flow either way.
     """
 
     def __init__(
@@ -96,6 +102,7 @@ class WorldActionModel(
         image_std: Optional[list[float]] = None,
         future_loss_weight: float = 0.25,
         num_inference_steps: int = 5,
+        prediction_type: str = "velocity",
     ) -> None:
         super().__init__()
         if backbone not in ("wan", "cosmos"):
@@ -114,8 +121,11 @@ class WorldActionModel(
         self.latent_channels = 3 * pixel_block**2
         if self.latent_channels < max(ACTION_DIM, STATE_DIM):
             raise ValueError(f"pixel_block={pixel_block} gives {self.latent_channels} channels, fewer than 8")
+        if prediction_type not in ("sample", "velocity"):
+            raise ValueError(f"prediction_type must be 'sample' or 'velocity'; got {prediction_type!r}")
         self.future_loss_weight = future_loss_weight
         self.num_inference_steps = num_inference_steps
+        self.prediction_type = prediction_type
         self.tokenizer = InstructionTokenizer(vocabulary or ["<pad>", "<unk>"], max_length=max_text_length)
         self.text_embedding = nn.Embedding(len(self.tokenizer), text_dim, padding_idx=0)
         self.text_position = nn.Parameter(torch.randn(max_text_length, text_dim) * 0.02)
@@ -313,7 +323,8 @@ class WorldActionModel(
             instruction_ids: `[B, L]` word ids, embedded here.
 
         Returns:
-            `[B, C, T, h, w]` predicted velocity `e - x_0` (only the generated frames are trained).
+            `[B, C, T, h, w]` the predicted clean frames `x_0`, or the velocity `e - x_0` with
+            `prediction_type="velocity"` (only the generated frames are trained).
         """
         if encoder_hidden_states is None:
             if instruction_ids is None:
@@ -365,8 +376,10 @@ def flow_matching_loss(
         encoder_hidden_states=inputs["encoder_hidden_states"],
         **ckt,
     )
-    velocity = noise - target
-    errors = (out[:, :, ACTION_FRAME:].float() - velocity.float()).pow(2)
+    # Rectified flow either way; with `prediction_type="sample"` the error is measured on x_0, which is the velocity
+    # error weighted by t^2 (finite as t -> 0, where a velocity derived from x_0 would divide by t).
+    truth = target if wam.prediction_type == "sample" else noise - target
+    errors = (out[:, :, ACTION_FRAME:].float() - truth.float()).pow(2)
     action_loss, future_loss = errors[:, :, 0].mean(), errors[:, :, 1].mean()
     return {
         "loss": action_loss + wam.future_loss_weight * future_loss,
@@ -404,7 +417,11 @@ def sample(
             encoder_hidden_states=inputs["encoder_hidden_states"],
             **ckt,
         )
-        x = x + (levels[i + 1] - levels[i]) * out[:, :, ACTION_FRAME:]
+        predicted = out[:, :, ACTION_FRAME:]
+        if wam.prediction_type == "sample":
+            # The velocity the predicted x_0 implies at x_t: (x_t - x_0) / t (t > 0 at every step taken).
+            predicted = (x - predicted) / levels[i]
+        x = x + (levels[i + 1] - levels[i]) * predicted
     return {
         "actions": wam.actions_from_frame(x[:, :, 0]),
         "future_image": wam.image_from_latent(x[:, :, 1]),
