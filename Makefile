@@ -25,7 +25,7 @@ test: install
 	$(PY) -m pytest -q -x tests
 
 demo: install
-	$(PY) examples/libero_transfer.py $(if $(QUICK),--quick)
+	$(PY) examples/libero_transfer.py $(if $(QUICK),--quick) $(if $(ABLATIONS),--ablations)
 
 lint: install
 	$(VENV)/bin/ruff check peft_ckt tests examples benchmarks

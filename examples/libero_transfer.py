@@ -2,6 +2,7 @@
 
     python examples/libero_transfer.py                 # the full run (`make demo`), ~30 min on 2 CPU cores
     python examples/libero_transfer.py --quick         # every stage at the smallest counts (`make demo QUICK=1`)
+    python examples/libero_transfer.py --ablations     # + the paper's CKT ablations (`make demo ABLATIONS=1`)
 
 Writes `report.md`, `report.json`, the plots and a GIF into `--output` (default `outputs/demo`); everything it builds
 (demonstrations, pretrained models, adapters, recorded episodes) is cached under `--cache` keyed by its settings, so
@@ -11,12 +12,18 @@ a second run skips what is done and an interrupted one resumes. See peft_ckt/wam
 import argparse
 import dataclasses
 
-from peft_ckt.wam.experiment import DemoSettings, run_demo
+from peft_ckt.wam.experiment import ABLATIONS, DemoSettings, run_demo
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smallest counts: a check of every stage (~5 min)")
+    parser.add_argument(
+        "--ablations",
+        action="store_true",
+        help="also train and evaluate the paper's CKT ablations (no specialized adapters, no generalized adapter, no "
+        "auxiliary loss) as extra report rows",
+    )
     parser.add_argument("--output", default="outputs/demo", help="report folder")
     parser.add_argument("--cache", default=None, help="cache folder (default: OUTPUT/cache)")
     parser.add_argument("--eval-episodes", type=int, default=None, help="episodes per task and condition")
@@ -37,6 +44,8 @@ def main() -> None:
         if not tasks or any(not 0 <= t < 10 for t in tasks):
             parser.error(f"--eval-tasks must name libero_object tasks 0-9; got {args.eval_tasks!r}")
         changes["eval_tasks"] = tasks
+    if args.ablations:
+        changes["ablations"] = ABLATIONS
     if args.workers is not None:
         changes["workers"] = max(0, args.workers)
     report = run_demo(dataclasses.replace(settings, **changes), args.output, args.cache)

@@ -290,16 +290,19 @@ def test_wilson_interval():
 
 def test_report_rows_tables_and_plots(tmp_path):
     from peft_ckt.wam.experiment import (
+        ABLATIONS,
         PERTURBATION_KINDS,
         POLICIES,
+        ablation_policy,
         markdown_report,
         plot_experts,
         plot_success,
         summarize_rollouts,
     )
 
+    names = [*POLICIES, *(ablation_policy(a) for a in ABLATIONS)]  # the rows of `make demo ABLATIONS=1`
     rows = []
-    for p, name in enumerate(POLICIES):
+    for p, name in enumerate(names):
         for kind in ["none", *PERTURBATION_KINDS]:
             for init in range(3):
                 rows.append({"policy_name": name, "perturbation": kind, "success": (init + p) % 3 == 0})
@@ -307,7 +310,7 @@ def test_report_rows_tables_and_plots(tmp_path):
     report = {"settings": {"suite": "libero_object", "eval_tasks": [0], "eval_episodes": 3, "severity": 3},
               "policies": {}, "offline": {"zeros": offline},
               "timing": {"total": 1.0}}  # fmt: skip
-    for name in POLICIES:
+    for name in names:
         summary = summarize_rollouts([r for r in rows if r["policy_name"] == name])
         report["policies"][name] = {**summary, "trainable_params": 10, "trainable_percent": 1.0}
     student = report["policies"]["student"]
@@ -316,7 +319,8 @@ def test_report_rows_tables_and_plots(tmp_path):
     low, high = student["by_perturbation"]["camera"]["ci95"]
     assert 0 <= low <= student["by_perturbation"]["camera"]["success_rate"] <= high <= 1
     table = markdown_report(report)
-    assert "| student+ckt | 10 (1.00%) |" in table and "| zeros | 0.2000 | 0.2000 | 0.0100 | 0.0100 |" in table
+    assert "| student+ckt | 10 (1.00%) |" in table and "| student+ckt (no generalized) | 10 (1.00%) |" in table
+    assert "| zeros | 0.2000 | 0.2000 | 0.0100 | 0.0100 |" in table
     plot_success(report, tmp_path / "success.png")
     plot_experts([3, 1, 0, 4], [2, 2, 2, 2], tmp_path / "experts.png")
     for name in ("success.png", "experts.png"):

@@ -32,6 +32,11 @@ import torch
 
 PERTURBATION_KINDS = ("camera", "robot", "language", "light", "background", "noise", "layout")
 POLICIES = ("teacher", "student", "student+lora", "student+ckt")
+ABLATIONS = ("no_specialized", "no_generalized", "no_auxiliary_loss")  # `make demo ABLATIONS=1`
+
+
+def ablation_policy(name: str) -> str:
+    return f"student+ckt ({name.replace('_', ' ')})"
 
 
 @dataclass
@@ -72,6 +77,7 @@ class DemoSettings:
     num_experts: int = 4
     top_k: int = 2
     bottleneck_dim: int = 64
+    attention_dropout: float = 0.1  # on the learnable queries' attention weights, as in the paper
     lora_rank: int = 0  # 0: the smallest rank whose budget is at least CKT's
     # Evaluation.
     eval_tasks: tuple[int, ...] = (0, 1, 2, 3)
@@ -81,6 +87,8 @@ class DemoSettings:
     n_action_steps: int = 8
     workers: int = 2
     heldout_samples: int = 512
+    # The paper's CKT ablations (names of `peft_ckt.ablations.PAPER_ABLATIONS`) trained and evaluated beside the rest.
+    ablations: tuple[str, ...] = ()
 
     @classmethod
     def quick(cls) -> DemoSettings:
@@ -319,6 +327,7 @@ def ckt_config(settings: DemoSettings, teacher, student):
         router_hidden_dim=settings.bottleneck_dim,
         num_attention_heads=2,
         adapter_dropout=0.1,
+        attention_dropout=settings.attention_dropout,
         teacher_hidden_size=teacher.width,
         student_hidden_size=student.text_dim,
     )
@@ -342,8 +351,13 @@ def lora_config(settings: DemoSettings, student, budget: int):
     return LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS, lora_dropout=0.0)
 
 
-def adapter_stage(settings, cache, kind, teacher, student_path, target_episodes, data_key, budget=None):
-    """Train (or load) the CKT or LoRA adapter on the frozen student; returns `(folder, record)`."""
+def adapter_stage(
+    settings, cache, kind, teacher, student_path, target_episodes, data_key, budget=None, ablation: str = "full"
+):
+    """Train (or load) the CKT or LoRA adapter on the frozen student; returns `(folder, record)`.
+
+    `ablation` (CKT only) names one of `peft_ckt.ablations.PAPER_ABLATIONS` ("full": the method as specified).
+    """
     from peft import get_peft_model
 
     import peft_ckt  # noqa: F401
@@ -360,23 +374,28 @@ def adapter_stage(settings, cache, kind, teacher, student_path, target_episodes,
         "num_experts",
         "top_k",
         "bottleneck_dim",
+        "attention_dropout",
         "lora_rank",
         "seed",
     ]
-    final = cache / "adapters" / f"{kind}-{settings.key(*fields)}-{data_key}-{Path(student_path).name}"
+    tag = kind if ablation == "full" else f"{kind}-{ablation}"
+    label = f"student+{kind}" if ablation == "full" else ablation_policy(ablation)
+    final = cache / "adapters" / f"{tag}-{settings.key(*fields)}-{data_key}-{Path(student_path).name}"
     if (final / "adapter_config.json").is_file():
-        _log(f"student+{kind}: cached ({final})")
+        _log(f"{label}: cached ({final})")
         return final, json.loads((final / "training.json").read_text())
     student = WorldActionModel.from_pretrained(student_path)
     if kind == "ckt":
-        config = ckt_config(settings, teacher, student)
+        from ..ablations import ablation_config
+
+        config = ablation_config(ckt_config(settings, teacher, student), ablation)
     else:
         config = lora_config(settings, student, budget or 0)
     model = get_peft_model(student, config)
     trainable, total = model.get_nb_trainable_parameters()
     dataset = ChunkDataset(target_episodes, chunk_size=student.chunk_size)
     _log(
-        f"student+{kind}: {trainable:,} trainable of {total:,} ({100 * trainable / total:.2f}%), "
+        f"{label}: {trainable:,} trainable of {total:,} ({100 * trainable / total:.2f}%), "
         f"{dataset.num_episodes} target demonstrations ({len(dataset)} samples)"
     )
     result = train_wam(
@@ -389,7 +408,7 @@ def adapter_stage(settings, cache, kind, teacher, student_path, target_episodes,
         seed=settings.seed + 1,
         teacher=teacher if kind == "ckt" else None,
         checkpoint=cache / "adapters" / f"{final.name}.ckpt",
-        desc=f"train student+{kind}",
+        desc=f"train {label}",
     )
     record = {
         "losses": result.losses,
@@ -410,18 +429,21 @@ def evaluate_policies(settings: DemoSettings, policies: dict[str, str], out: Pat
     from ..libero.parallel import run_jobs
     from ..libero.records import open_episode_log
 
-    # Through JSON, as it is stored (tuples become lists), so that a resumed run recognises its own config.
-    config = json.loads(json.dumps({"settings": _eval_key(settings), "policies": policies}))
+    # Through JSON, as it is stored (tuples become lists), so that a resumed run recognises its own config. The
+    # policies are not part of it: an episode is reused when its policy folder (named by the policy's settings) is
+    # still one of the policies, so adding the ablation rows keeps the episodes of the others.
+    config = json.loads(json.dumps({"settings": _eval_key(settings)}))
     recorded, log = open_episode_log(out, config, "auto")
-    done = {(r["policy_name"], r["task_id"], r["perturbation"], r["init_index"]): r for r in recorded}
+    by_spec = {spec: name for name, spec in policies.items()}
+    done = {(r["policy"], r["task_id"], r["perturbation"], r["init_index"]): r for r in recorded}
     conditions = ["none", *PERTURBATION_KINDS]
-    jobs, names = [], []
+    jobs = []
     for task in settings.eval_tasks:
-        for name, spec in policies.items():
+        for spec in policies.values():
             for kind in conditions:
                 for k in range(settings.eval_episodes):
                     init = settings.eval_init_offset + k
-                    if (name, task, kind, init) in done:
+                    if (spec, task, kind, init) in done:
                         continue
                     jobs.append(
                         EpisodeJob(
@@ -437,16 +459,14 @@ def evaluate_policies(settings: DemoSettings, policies: dict[str, str], out: Pat
                             video_dir=None,
                         )
                     )
-                    names.append(name)
-    by_spec = {spec: name for name, spec in policies.items()}
     with log:
         if jobs:
             _log(f"evaluation: {len(jobs)} episode(s) to run ({len(done)} already recorded)")
             for result in run_jobs(_run_episode, jobs, settings.workers, desc="evaluate", progress=progress):
                 row = {**result, "policy_name": by_spec[result["policy"]]}
-                done[(row["policy_name"], row["task_id"], row["perturbation"], row["init_index"])] = row
+                done[(row["policy"], row["task_id"], row["perturbation"], row["init_index"])] = row
                 log.append(row)
-    return list(done.values())
+    return [{**row, "policy_name": by_spec[row["policy"]]} for row in done.values() if row["policy"] in by_spec]
 
 
 def _run_episode(job) -> dict[str, Any]:
@@ -572,21 +592,23 @@ def plot_success(report: dict[str, Any], path: Path) -> None:
 
     columns = ["none", *PERTURBATION_KINDS, "total"]
     fig, ax = plt.subplots(figsize=(12, 4.2))
-    width = 0.8 / len(POLICIES)
+    names = list(report["policies"])
+    width = 0.8 / len(names)
     colours = {"teacher": "#999999", "student": "#DD8452", "student+lora": "#55A868", "student+ckt": "#4C72B0"}
-    for i, name in enumerate(POLICIES):
+    extra = iter(["#8172B3", "#64B5CD", "#CCB974", "#C44E52"])
+    for i, name in enumerate(names):
         row = report["policies"][name]
         cells = [row["by_perturbation"][c] for c in columns[:-1]] + [row["perturbed"]]
         values = [100 * (c["success_rate"] or 0) for c in cells]
         low = [v - 100 * c["ci95"][0] for v, c in zip(values, cells)]
         high = [100 * c["ci95"][1] - v for v, c in zip(values, cells)]
-        x = np.arange(len(columns)) + (i - (len(POLICIES) - 1) / 2) * width
+        x = np.arange(len(columns)) + (i - (len(names) - 1) / 2) * width
         ax.bar(
             x,
             values,
             width,
             label=name,
-            color=colours[name],
+            color=colours.get(name) or next(extra),
             yerr=[low, high],
             capsize=2,
             error_kw={"elinewidth": 0.8, "alpha": 0.6},
@@ -719,8 +741,7 @@ def markdown_report(report: dict[str, Any]) -> str:
         + " | Total | 95% CI |",
         "|---|---:|---:|" + "---:|" * len(PERTURBATION_KINDS) + "---:|---|",
     ]
-    for name in POLICIES:
-        row = report["policies"][name]
+    for name, row in report["policies"].items():
         cells = [pct(row["by_perturbation"][k]) for k in ["none", *PERTURBATION_KINDS]]
         low, high = row["perturbed"]["ci95"]
         budget = f"{row['trainable_params']:,} ({row['trainable_percent']:.2f}%)"
@@ -782,6 +803,12 @@ def run_demo(settings: DemoSettings, output: str | os.PathLike, cache: Optional[
     lora_path, lora_record = adapter_stage(
         settings, cache, "lora", None, student_path, splits["target"], data_key, budget=ckt_record["trainable_params"]
     )
+    ablated = {
+        ablation_policy(name): adapter_stage(
+            settings, cache, "ckt", teacher, student_path, splits["target"], data_key, ablation=name
+        )
+        for name in settings.ablations
+    }
     timing["adapters"] = time.perf_counter() - t
 
     policies = {
@@ -789,6 +816,7 @@ def run_demo(settings: DemoSettings, output: str | os.PathLike, cache: Optional[
         "student": student_path,
         "student+lora": str(lora_path),
         "student+ckt": str(ckt_path),
+        **{name: str(path) for name, (path, _) in ablated.items()},
     }
     t = time.perf_counter()
     rows = evaluate_policies(settings, policies, out)
@@ -820,6 +848,9 @@ def run_demo(settings: DemoSettings, output: str | os.PathLike, cache: Optional[
         "student+lora": {"model": lora_model, "wam": lora_model.base_model.model},
         "student+ckt": {"model": ckt_model, "wam": ckt_model.base_model.model, "teacher": teacher},
     }
+    for name, (path, _) in ablated.items():
+        model = PeftModel.from_pretrained(WorldActionModel.from_pretrained(student_path), str(path), teacher=teacher)
+        models[name] = {"model": model.eval(), "wam": model.base_model.model, "teacher": teacher}
     offline = offline_metrics(models, heldout, stats, settings)
     heldout_counts = _heldout_expert_counts(ckt_model, teacher, heldout["perturbed"], settings)
     timing["offline"] = time.perf_counter() - t
@@ -836,6 +867,7 @@ def run_demo(settings: DemoSettings, output: str | os.PathLike, cache: Optional[
         ("student", None),
         ("student+lora", lora_record),
         ("student+ckt", ckt_record),
+        *((name, record) for name, (_, record) in ablated.items()),
     ):
         summary = summarize_rollouts([r for r in rows if r["policy_name"] == name])
         trainable, percent = budget(record)
@@ -869,7 +901,13 @@ def run_demo(settings: DemoSettings, output: str | os.PathLike, cache: Optional[
     }
     plot_success(report, out / "success_by_perturbation.png")
     plot_training(
-        {"teacher": teacher_record, "student": student_record, "student+ckt": ckt_record, "student+lora": lora_record},
+        {
+            "teacher": teacher_record,
+            "student": student_record,
+            "student+ckt": ckt_record,
+            "student+lora": lora_record,
+            **{name: record for name, (_, record) in ablated.items()},
+        },
         out / "training_loss.png",
     )
     plot_experts(ckt_record["expert_counts"] or [], heldout_counts, out / "expert_usage.png")
