@@ -1,4 +1,4 @@
-"""FSDP training of the `tiny` preset's CKT adapter on CPU over gloo (Accelerate sets up FSDP on GPUs only, so this
+"""FSDP training of the `tiny` preset's CKT adapter on CPU over gloo (Accelerate sets up FSDP on accelerators only, so this
 drives torch's FSDP directly, with the trainer's own pieces: `CKTTrainingStep`, `build_param_groups`, `step_seed`).
 
     torchrun --nproc_per_node 2 tests/fsdp_worker.py fsdp1|fsdp2 OUT [--stop-after N] [--resume CKPT]
