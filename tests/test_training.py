@@ -4,8 +4,6 @@ a real 2-process DDP run over gloo, and the example script."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -14,6 +12,7 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
+from process_group import run_process_group
 from safetensors.torch import load_file
 
 from peft_ckt.training import CKTTrainer, CKTTrainingArguments, build_param_groups, build_training_setup, train
@@ -150,13 +149,24 @@ def test_parameter_groups_split_router_and_spare_norms_from_decay(tmp_path):
 
 DDP_WORKER = textwrap.dedent(
     """
-    import os, sys, json, torch
+    import gc, os, sys, json, torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
     from accelerate.utils import set_seed
     from safetensors.torch import save_file
     from peft_ckt.training import CKTTrainer, CKTTrainingArguments, build_training_setup
     from peft_ckt.training.trainer import evaluate_loss
 
+    torch.set_num_threads(1)
     out = sys.argv[1]
+    # Records how many DDP modules are still alive (not yet freed) when the process group is destroyed: freeing one
+    # after its group is gone is what hung gloo jobs at exit.
+    alive_at_destroy = []
+    destroy = dist.destroy_process_group
+    def recording_destroy(*args, **kwargs):
+        alive_at_destroy.append(sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects()))
+        return destroy(*args, **kwargs)
+    dist.destroy_process_group = recording_destroy
     # top_k=1 and one sample per rank: every step leaves most experts idle, and the two ranks usually pick
     # different experts (a gradient exists on one rank only).
     args = CKTTrainingArguments(preset="tiny", output_dir=out, max_steps=10, per_device_batch_size=1, top_k=1,
@@ -174,7 +184,8 @@ DDP_WORKER = textwrap.dedent(
     save_file(weights, os.path.join(out, f"rank{rank}.safetensors"))
     save_file(initial, os.path.join(out, f"initial{rank}.safetensors"))
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
-        json.dump({"before": before, "after": after, "world_size": int(os.environ.get("WORLD_SIZE", "1"))}, f)
+        json.dump({"before": before, "after": after, "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+                   "alive_at_destroy": alive_at_destroy, "initialized_after": dist.is_initialized()}, f)
     """
 )
 
@@ -188,12 +199,14 @@ def test_ddp_two_cpu_processes_with_idle_experts(tmp_path):
     # DDP over gloo. (`--cpu --num_processes 2` starts a single process unless run under mpirun.)
     cmd = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
     cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", str(worker), str(out)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    # Own session, killed as a whole on timeout: a hung rank cannot outlive the test.
+    proc = run_process_group(cmd, timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     reports = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(r["world_size"] == 2 for r in reports)
+    # Training ended deterministically: the DDP module was freed before its process group was destroyed, once.
+    assert all(r["alive_at_destroy"] == [0] and not r["initialized_after"] for r in reports), reports
     rank0, rank1 = load_file(out / "rank0.safetensors"), load_file(out / "rank1.safetensors")
     initial = load_file(out / "initial0.safetensors")
     # Gradients were averaged across ranks (never dropped on one side): both ranks hold identical adapters.
@@ -213,7 +226,7 @@ def test_example_script_under_accelerate_launch(tmp_path):
     cmd = [ACCELERATE, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
     cmd += ["--dynamo_backend", "no", str(REPO / "examples" / "train_ckt.py"), "--preset", "tiny", "--max-steps", "6"]
     cmd += ["--output-dir", str(out), "--no-progress-bar", "--report-to", "none"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    proc = run_process_group(cmd, timeout=240, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (out / "adapter_model.safetensors").exists() and (out / "adapter_config.json").exists()
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4, 5, 6]

@@ -549,8 +549,24 @@ class CKTTrainer:
         if not stopped_early:
             accelerator.wait_for_everyone()
             self._save_adapter(accelerator, step_module)
-        accelerator.end_training()
+        del step_module, optimizer, dataloader, trainable_params
+        _end_distributed_training(accelerator)
         return TrainResult(self.state.global_step, args.output_dir, stopped_early, history)
+
+
+def _end_distributed_training(accelerator) -> None:
+    """Ends the run so that every process exits. The wrapped model (DDP's reducer holds the process group) is
+    released while the group still exists, every process then waits at a barrier with no collective left in flight,
+    and only then is the group destroyed (`end_training`). The other order let a gloo job hang at exit: the last
+    reference to the group went away with the DDP module, whose destructor joined gloo's worker thread while holding
+    the GIL, and that thread, freeing a finished barrier, waited for the GIL."""
+    import gc
+
+    accelerator.wait_for_everyone()  # every rank is done and all pending collectives have completed
+    accelerator.free_memory()  # drops Accelerate's references to the wrapped model, optimizer and dataloader
+    gc.collect()
+    accelerator.wait_for_everyone()  # a barrier with nothing before it: gloo's worker is idle when it returns
+    accelerator.end_training()  # finishes the trackers, destroys the process group
 
 
 @torch.no_grad()
