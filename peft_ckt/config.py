@@ -237,6 +237,13 @@ class CKTConfig(PeftConfig):
 
     # The teacher module is state of the running process, not of the config file.
     @property
+    def context_length(self) -> int:
+        """Tokens of the context appended to the student: K per branch present (generalized, specialized), + 1
+        for `<SEP>`: `2K + 1` for the full bank."""
+        branches = int(self.use_generalized_adapter) + int(self.use_specialized_adapters)
+        return branches * self.num_context_tokens + int(self.use_separator)
+
+    @property
     def teacher_module(self) -> Optional[nn.Module]:
         """The attached teacher module, if any (never serialized)."""
         ref = getattr(self, "_teacher_ref", None)

@@ -595,7 +595,7 @@ class CKTModel(BaseTuner):
         """A given context must be a floating `[B, 2K(+1), d_s]` tensor holding data. Metadata only: no host-device
         sync on the per-denoising-step path (its values were checked where they were made)."""
         config: CKTConfig = self.peft_config[adapter_name]
-        length = 2 * config.num_context_tokens + int(config.use_separator)
+        length = config.context_length
         width = self.get_bank(adapter_name).student_hidden_size
         if (
             not isinstance(tokens, torch.Tensor)

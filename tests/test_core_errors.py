@@ -224,7 +224,7 @@ def test_tuple_output_needs_teacher_output_index(teacher):
         model.attach_teacher(teacher)
         model.extract_teacher_features(tiny_wan_inputs())
     config = CKTConfig(teacher=teacher, **SMALL, teacher_output_index=0)  # blocks.1 returns a tensor
-    with pytest.raises(ValueError, match=r"returns a single tensor\[2, 16, 32\]: leave `teacher_output_index=None`"):
+    with pytest.raises(ValueError, match=r"returns a single tensor\[2, 32, 32\]: leave `teacher_output_index=None`"):
         get_peft_model(tiny_cosmos_student(), config)(**tiny_cosmos_inputs(), teacher_inputs=tiny_wan_inputs())
 
 
@@ -266,6 +266,22 @@ def test_bad_ckt_context(teacher, make, got):
     # a context from encode_teacher (or its tokens) passes
     context = model.encode_teacher(tiny_wan_inputs())
     assert torch.isfinite(model(**tiny_cosmos_inputs(), ckt_context=context.tokens).sample).all()
+
+
+@pytest.mark.parametrize(
+    "ablation, length",
+    [({}, 5), ({"use_specialized_adapters": False}, 3), ({"use_generalized_adapter": False}, 3)],
+)
+def test_ablated_bank_context_passes_the_check(teacher, ablation, length):
+    # The check knows the context length of every bank layout (K per branch present, + <SEP>).
+    config = CKTConfig(teacher=teacher, **SMALL, **ablation)
+    assert config.context_length == length
+    model = get_peft_model(tiny_cosmos_student(), config)
+    context = model.encode_teacher(tiny_wan_inputs())
+    assert context.tokens.shape[1] == length
+    assert torch.isfinite(model(**tiny_cosmos_inputs(), ckt_context=context).sample).all()
+    with pytest.raises(ValueError, match=rf"= \[B, {length}, 24\]"):
+        model(**tiny_cosmos_inputs(), ckt_context=torch.zeros(2, length + 1, 24))
 
 
 def test_teacher_batch_of_zero_samples(teacher):
