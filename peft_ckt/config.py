@@ -256,10 +256,23 @@ class CKTConfig(PeftConfig):
         self._teacher_ref = _SharedModuleRef(teacher)
         self.teacher, self.teacher_class = module_reference(teacher)
 
+    # Not a dataclass field, so never read from nor written to `adapter_config.json`: only the user can set it.
+    @property
+    def trust_remote_code(self) -> bool:
+        """Whether a stored teacher reference may name a class outside diffusers, transformers and peft_ckt, and
+        be read from pickle weights (both can run arbitrary code). Default False; set by
+        `PeftModel.from_pretrained(..., trust_remote_code=True)` or directly on the config."""
+        return bool(getattr(self, "_trust_remote_code", False))
+
+    @trust_remote_code.setter
+    def trust_remote_code(self, value: bool) -> None:
+        self._trust_remote_code = bool(value)
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
         # peft lets saved values win over keyword arguments; a teacher passed at load time must win instead.
         teacher = kwargs.pop("teacher", None)
+        trust_remote_code = kwargs.pop("trust_remote_code", False)
         config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
         if not isinstance(config, CKTConfig):  # peft builds whatever class the file's `peft_type` names
             peft_type = getattr(config.peft_type, "value", config.peft_type)
@@ -269,6 +282,7 @@ class CKTConfig(PeftConfig):
             )
         # Widths checked against the models later are then reported as those the saved adapter was trained for.
         config._saved_adapter = str(pretrained_model_name_or_path)
+        config.trust_remote_code = trust_remote_code
         if isinstance(teacher, nn.Module):
             config.attach_teacher(teacher)
         elif isinstance(teacher, str):

@@ -4,7 +4,8 @@ peft resolves an adapter folder it cannot fully read by asking the Hub (a local 
 ends in a connection error after retries), hands safetensors' errors through without the file's name, and builds
 whatever `peft_type` the config names (a CKT config marked as another method fails deep inside that method).
 [`install_load_checks`] makes `PeftModel.from_pretrained` and `PeftModel.load_adapter` look at a local adapter
-folder first and name the problem; Hub ids and other methods' folders are left to peft.
+folder first and name the problem, and name the weights file when safetensors cannot read one (also one downloaded
+from the Hub); other methods' folders are otherwise left to peft.
 """
 
 from __future__ import annotations
@@ -72,6 +73,27 @@ def check_adapter_folder(model_id: Any, subfolder: Optional[str] = None) -> None
         )
 
 
+def _weights_error(model_id: Any, kwargs: dict[str, Any], err: Exception) -> ValueError:
+    """safetensors' error on reading adapter weights (e.g. a corrupt file downloaded from the Hub), with the file's
+    name: the Hub file and where it was cached, or the local file."""
+    subfolder = kwargs.get("subfolder")
+    filename = f"{subfolder}/{ADAPTER_WEIGHTS_NAME}" if subfolder else ADAPTER_WEIGHTS_NAME
+    local = os.path.join(os.fspath(model_id), filename)
+    if os.path.isfile(local):
+        where, advice = local, "save or download the adapter again"
+    else:
+        where, advice = f"{model_id}/{filename} on the Hub", "download it again with `force_download=True`"
+        try:
+            from huggingface_hub import hf_hub_download
+
+            hub_kwargs = {key: kwargs[key] for key in ("revision", "cache_dir") if kwargs.get(key) is not None}
+            cached = hf_hub_download(str(model_id), filename, local_files_only=True, **hub_kwargs)
+            where += f" (cached at {cached})"
+        except Exception:  # only a better message: the file's Hub name is enough
+            pass
+    return ValueError(f"Cannot read the adapter weights {where}: {err}. The file is truncated or corrupt; {advice}.")
+
+
 def install_load_checks() -> None:
     """Makes `PeftModel.from_pretrained` and `PeftModel.load_adapter` run [`check_adapter_folder`] first.
     Idempotent; other methods' folders and Hub ids keep peft's behaviour."""
@@ -82,15 +104,30 @@ def install_load_checks() -> None:
     from_pretrained = PeftModel.__dict__["from_pretrained"].__func__
     load_adapter = PeftModel.load_adapter
 
+    from safetensors import SafetensorError
+
     @functools.wraps(from_pretrained)
     def from_pretrained_checked(cls, model, model_id, *args: Any, **kwargs: Any):
         check_adapter_folder(model_id, kwargs.get("subfolder"))
-        return from_pretrained(cls, model, model_id, *args, **kwargs)
+        try:
+            return from_pretrained(cls, model, model_id, *args, **kwargs)
+        except SafetensorError as err:
+            raise _weights_error(model_id, kwargs, err) from None
 
     @functools.wraps(load_adapter)
     def load_adapter_checked(self, model_id, *args: Any, **kwargs: Any):
         check_adapter_folder(model_id, kwargs.get("subfolder"))
-        return load_adapter(self, model_id, *args, **kwargs)
+        # peft does not hand its keyword arguments to the config here: the opt-in is set on the new adapter's config.
+        trust_remote_code = kwargs.pop("trust_remote_code", False)
+        try:
+            result = load_adapter(self, model_id, *args, **kwargs)
+        except SafetensorError as err:
+            raise _weights_error(model_id, kwargs, err) from None
+        adapter_name = args[0] if args else kwargs.get("adapter_name")
+        config = self.peft_config.get(adapter_name) if adapter_name is not None else None
+        if trust_remote_code and hasattr(config, "trust_remote_code"):
+            config.trust_remote_code = True
+        return result
 
     for wrapper in (from_pretrained_checked, load_adapter_checked):
         setattr(wrapper, _PATCH_MARKER, True)

@@ -31,7 +31,13 @@ from .injection import (
     resolve_route,
 )
 from .layer import MERGE_ERROR, CKTAdapterBank, CKTContext, CKTLayer
-from .teacher import TeacherFeatureExtractor, load_teacher, teacher_layer_width
+from .teacher import (
+    TeacherFeatureExtractor,
+    check_safetensors_folder,
+    check_trusted_class_path,
+    load_teacher,
+    teacher_layer_width,
+)
 
 # Not "ckt_...": peft skips modules whose name contains the method prefix when it walks tuner layers.
 LAYER_NAME = "ckt"
@@ -395,12 +401,27 @@ class CKTModel(BaseTuner):
     @staticmethod
     def _load_teacher_reference(config: CKTConfig) -> nn.Module:
         reference, teacher_class = config.teacher, config.teacher_class
+        trust = config.trust_remote_code
+        if not trust:  # refused before anything is imported or read, with its own message (not wrapped below)
+            what = f"The CKT adapter's teacher reference ({reference!r})"
+            opt_in = (
+                "`trust_remote_code=True` to `PeftModel.from_pretrained` (or set `config.trust_remote_code = True`), "
+                "or load the teacher yourself and pass `teacher=`"
+            )
+            if teacher_class:
+                check_trusted_class_path(teacher_class, what, opt_in)
+            check_safetensors_folder(reference, "The CKT teacher folder", opt_in)
         try:
-            teacher = load_teacher(reference, teacher_class)
+            teacher = load_teacher(reference, teacher_class, trust_remote_code=trust)
         except Exception as err:
+            pickle_hint = (
+                " The teacher is read from safetensors only: `trust_remote_code=True` allows pickle weights."
+                if not trust and "safetensors" in str(err)
+                else ""
+            )
             raise RuntimeError(
-                f"Could not load the CKT teacher {reference!r} (class {teacher_class}): {err}. Pass the teacher "
-                "module instead: `PeftModel.from_pretrained(student, path, teacher=teacher)`."
+                f"Could not load the CKT teacher {reference!r} (class {teacher_class}): {err}.{pickle_hint} Pass the "
+                "teacher module instead: `PeftModel.from_pretrained(student, path, teacher=teacher)`."
             ) from err
         config.attach_teacher(teacher)
         # Keep the reference the adapter was saved with (the loaded model may report a cache path).

@@ -251,24 +251,81 @@ def infer_teacher_hidden_size(teacher: nn.Module, layer: nn.Module) -> Optional[
     return None
 
 
-def import_class(path: str) -> type:
+# A class path from a file (an adapter's `teacher_class`, a policy's `policy_class`) is imported automatically only
+# from these packages; anything else could run whatever installed module a downloaded file names.
+TRUSTED_PACKAGES = ("diffusers", "transformers", "peft_ckt")
+# Weight files that are unpickled when read: loading one can run arbitrary code.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def is_trusted_class_path(path: str) -> bool:
+    """Whether the dotted path `path` lies in one of [`TRUSTED_PACKAGES`] (checked on the string: nothing imported)."""
+    return path.split(".", 1)[0] in TRUSTED_PACKAGES
+
+
+def check_trusted_class_path(path: str, what: str, opt_in: str) -> None:
+    """Refuses, before any import, a class path outside [`TRUSTED_PACKAGES`]; `what` names its source and `opt_in`
+    the switch that allows it."""
+    if not is_trusted_class_path(path):
+        raise ValueError(
+            f"{what} names the class {path!r}, outside the trusted packages ({', '.join(TRUSTED_PACKAGES)}): it was "
+            f"not imported, since importing it runs that module's code. If you trust its source, pass {opt_in}."
+        )
+
+
+def import_class(path: str, trust_remote_code: bool = False) -> type:
+    """Imports the class `package.module.Class`; outside [`TRUSTED_PACKAGES`] only with `trust_remote_code=True`."""
     module_name, _, class_name = path.rpartition(".")
     if not module_name:
         raise ValueError(f"`teacher_class` must be 'package.module.Class', got {path!r}.")
+    if not trust_remote_code:
+        check_trusted_class_path(path, "The teacher reference (`teacher_class`)", "`trust_remote_code=True`")
     try:
         return getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as err:
         raise ImportError(f"Cannot import the teacher class {path!r}: {err}") from err
 
 
-def load_teacher(reference: str, teacher_class: Optional[str] = None, **kwargs: Any) -> nn.Module:
+def check_safetensors_folder(folder: str, what: str, opt_in: str) -> None:
+    """Refuses a local model folder whose weights are pickle files only (no `*.safetensors`), naming the file."""
+    if not os.path.isdir(folder):
+        return
+    names = sorted(os.listdir(folder))
+    if any(name.endswith(".safetensors") for name in names):
+        return
+    pickles = [name for name in names if name.endswith(PICKLE_SUFFIXES)]
+    if pickles:
+        raise ValueError(
+            f"{what} {folder} has only pickle weights ({os.path.join(folder, pickles[0])}), no .safetensors file: "
+            f"unpickling can run arbitrary code, so it is not read. Convert it to safetensors, or pass {opt_in} if "
+            "you trust its source."
+        )
+
+
+def _reads_safetensors_by_switch(cls: type) -> bool:
+    # diffusers' and transformers' models accept `use_safetensors`; peft_ckt's own models read safetensors only.
+    return any(
+        base.__name__ in ("ModelMixin", "PreTrainedModel")
+        and base.__module__.startswith(("diffusers.", "transformers."))
+        for base in cls.__mro__
+    )
+
+
+def load_teacher(
+    reference: str, teacher_class: Optional[str] = None, trust_remote_code: bool = False, **kwargs: Any
+) -> nn.Module:
     """Loads a teacher from a Hub id or a local folder through its class's `from_pretrained`.
 
     The class is `teacher_class` when given; otherwise it is read from the folder's `config.json` (diffusers'
-    `_class_name`, transformers' `architectures`).
+    `_class_name`, transformers' `architectures`). Unless `trust_remote_code=True`, a `teacher_class` outside
+    diffusers, transformers and peft_ckt is refused before it is imported, and the weights are read from
+    safetensors only (a folder with only pickle weights is refused).
     """
+    opt_in = "`trust_remote_code=True`"
+    if not trust_remote_code:
+        check_safetensors_folder(reference, "The teacher folder", opt_in)
     if teacher_class:
-        cls = import_class(teacher_class)
+        cls = import_class(teacher_class, trust_remote_code=trust_remote_code)
     else:
         config_path = os.path.join(reference, "config.json")
         if not os.path.isfile(config_path):
@@ -278,13 +335,19 @@ def load_teacher(reference: str, teacher_class: Optional[str] = None, **kwargs: 
         with open(config_path) as f:
             model_config = json.load(f)
         if "_class_name" in model_config:
-            cls = getattr(importlib.import_module("diffusers"), model_config["_class_name"])
+            cls = getattr(importlib.import_module("diffusers"), str(model_config["_class_name"]), None)
         elif model_config.get("architectures"):
-            cls = getattr(importlib.import_module("transformers"), model_config["architectures"][0])
+            cls = getattr(importlib.import_module("transformers"), str(model_config["architectures"][0]), None)
         else:
             raise ValueError(
                 f"Cannot tell the class of the teacher {reference!r}: pass `teacher=` (a module) or set `teacher_class`."
             )
+        if not isinstance(cls, type):
+            raise ValueError(f"{config_path} names no diffusers/transformers model class; pass `teacher=` (a module).")
+    if not trust_remote_code and not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise TypeError(f"The teacher class {cls!r} is not an nn.Module; pass the teacher module instead.")
     if not hasattr(cls, "from_pretrained"):
         raise TypeError(f"The teacher class {cls.__name__} has no `from_pretrained`; pass the teacher module instead.")
+    if not trust_remote_code and _reads_safetensors_by_switch(cls):
+        kwargs.setdefault("use_safetensors", True)
     return cls.from_pretrained(reference, **kwargs)

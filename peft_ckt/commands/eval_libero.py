@@ -25,17 +25,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--policy", default="scripted", help="'scripted' (privileged expert) or a policy folder with config.json"
     )
     parser.add_argument("--video", action="store_true", help="write an MP4 of every episode (agent view)")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let the policy folder name a class outside diffusers/transformers/peft_ckt (policy_class, or a CKT "
+        "adapter's teacher_class) and read pickle teacher weights: both run code from the folder's source",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     check_episode_arguments("eval-libero", args)
+    from peft_ckt.libero.policy import check_policy_spec
+
+    try:  # before the simulator import: nothing of the policy's is imported here
+        check_policy_spec(args.policy, args.trust_remote_code)
+    except ValueError as err:
+        raise SystemExit(f"eval-libero: error: {err}") from None
     require_libero("eval-libero")
     from peft_ckt.libero.evaluation import evaluate_libero, markdown_report
     from peft_ckt.libero.runtime import LiberoConfigError
 
     try:
-        results = evaluate_libero(policy=args.policy, video=args.video, **episode_kwargs(args))
+        results = evaluate_libero(
+            policy=args.policy, video=args.video, trust_remote_code=args.trust_remote_code, **episode_kwargs(args)
+        )
     except LiberoConfigError as err:
         raise SystemExit(f"eval-libero: error: {err}") from err
     print(markdown_report(results))

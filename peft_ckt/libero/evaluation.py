@@ -28,6 +28,7 @@ class EpisodeJob:
     seed: int
     max_steps: int | None
     video_dir: str | None
+    trust_remote_code: bool = False
 
 
 @dataclass
@@ -45,16 +46,16 @@ class EpisodeResult:
     video: str | None = None
 
 
-def _load_policy(spec: str):
+def _load_policy(spec: str, trust_remote_code: bool = False):
     from .policy import load_policy
 
-    return load_policy(spec)
+    return load_policy(spec, trust_remote_code=trust_remote_code)
 
 
 def run_episode(job: EpisodeJob) -> EpisodeResult:
     """One episode in this process (envs and policy cached between calls)."""
 
-    policy = cached_policy(job.policy, lambda: _load_policy(job.policy))
+    policy = cached_policy(job.policy, lambda: _load_policy(job.policy, job.trust_remote_code))
     needs_images = bool(getattr(policy, "needs_images", True))
     privileged = bool(getattr(policy, "needs_privileged", False))
     cameras = tuple(getattr(policy, "image_keys", ("image", "wrist_image")))
@@ -249,6 +250,7 @@ def evaluate_libero(
     init_offset: int = 0,
     progress: bool = True,
     resume: bool = False,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Run `episodes` episodes per task and perturbation (init states `init_offset..`), write the reports.
 
@@ -257,6 +259,7 @@ def evaluate_libero(
     run, and the reports are those of an uninterrupted run (a different configuration is refused). Without it, a
     folder that already holds recorded episodes is refused. At the end, writes `output_dir/results.json`,
     `results.md`, `success_rates.png` and, with `video`, `videos/*.mp4`. Returns the content of results.json.
+    A policy folder naming a class outside the trusted packages (see `load_policy`) needs `trust_remote_code=True`.
     """
     from .suites import SUITE_MAX_STEPS, num_tasks
 
@@ -285,6 +288,9 @@ def evaluate_libero(
                 f"--policy must be 'scripted', a policy folder with config.json or an adapter folder with "
                 f"adapter_config.json; got {policy}"
             )
+        from .policy import check_policy_spec
+
+        check_policy_spec(policy_spec, trust_remote_code)  # before any worker starts, nothing imported
     except (ValueError, FileNotFoundError) as err:
         raise LiberoConfigError(str(err)) from err
 
@@ -322,6 +328,7 @@ def evaluate_libero(
             seed=seed,
             max_steps=max_steps,
             video_dir=str(video_dir) if video_dir else None,
+            trust_remote_code=trust_remote_code,
         )
         for task_id in task_ids
         for kind in kinds

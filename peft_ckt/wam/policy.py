@@ -87,8 +87,12 @@ class WAMPolicy(LiberoPolicy):
         return self.teacher
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, n_action_steps: int = 8, seed: int = 0) -> WAMPolicy:
-        """A WAM folder, or a peft adapter folder on a student WAM (see the module docstring)."""
+    def from_pretrained(
+        cls, path: str | os.PathLike, n_action_steps: int = 8, seed: int = 0, trust_remote_code: bool = False
+    ) -> WAMPolicy:
+        """A WAM folder, or a peft adapter folder on a student WAM (see the module docstring). `trust_remote_code`
+        lets a CKT adapter's teacher reference name a class outside diffusers/transformers/peft_ckt or pickle
+        weights."""
         directory = Path(path)
         adapter_config = directory / "adapter_config.json"
         if not adapter_config.is_file():
@@ -101,7 +105,7 @@ class WAMPolicy(LiberoPolicy):
         if not base:
             raise ValueError(f"{adapter_config} names no base_model_name_or_path: cannot tell which student to load")
         student = WorldActionModel.from_pretrained(base)
-        model = PeftModel.from_pretrained(student, str(directory))
+        model = PeftModel.from_pretrained(student, str(directory), trust_remote_code=trust_remote_code)
         return cls(model, n_action_steps=n_action_steps, seed=seed)
 
 
