@@ -68,6 +68,15 @@ class OfficialTask:
     dimension: str  # a key of DIMENSIONS
 
     @property
+    def task_id(self) -> int:
+        return self.index
+
+    @property
+    def language(self) -> str:
+        """The instruction in the task's BDDL (rewritten there for the Language tasks)."""
+        return _bddl_language(self.bddl_file)
+
+    @property
     def column(self) -> str:
         return DIMENSIONS[self.dimension]
 
@@ -192,6 +201,12 @@ def get_official_task(suite: str, name_or_index: str | int) -> OfficialTask:
 # ----------------------------------------------------------------------------- which tasks run offline
 _SECTION = re.compile(r"\(:(objects|fixtures)(.*?)\)", re.S)
 _PROBLEM = re.compile(r"\(problem\s+([A-Za-z0-9_]+)\)")
+
+
+@functools.cache
+def _bddl_language(path: Path) -> str:
+    match = re.search(r"\(:language\s+([^)]*)\)", path.read_text())
+    return " ".join(match.group(1).split()) if match else ""
 
 
 @functools.cache
@@ -562,7 +577,10 @@ def _env_class():
                     f"LIBERO-Plus task {task.name}: the env loaded {inner.bddl_file_name} "
                     f"({inner.parsed_problem['problem_name']}), not the task's own BDDL"
                 )
+            # The wheel adds the noise to the camera observations of its step(); images are rendered here instead
+            # (only when asked for), so the noise moves to render().
             self._noise = int(self._env.noise)
+            self._env.noise = 0
             self._env.seed(seed)
             self._env.reset()
             self._fast_render = fast_render
