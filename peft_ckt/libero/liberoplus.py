@@ -73,7 +73,7 @@ class OfficialTask:
 
     @property
     def language(self) -> str:
-        """The instruction in the task's BDDL (rewritten there for the Language tasks)."""
+        """The instruction in the task's BDDL (rewritten there for the Language tasks), lower case as the env gives it."""
         return _bddl_language(self.bddl_file)
 
     @property
@@ -206,7 +206,8 @@ _PROBLEM = re.compile(r"\(problem\s+([A-Za-z0-9_]+)\)")
 @functools.cache
 def _bddl_language(path: Path) -> str:
     match = re.search(r"\(:language\s+([^)]*)\)", path.read_text())
-    return " ".join(match.group(1).split()) if match else ""
+    # The wheel's BDDL tokenizer lower-cases the instruction; keep the same words.
+    return " ".join(match.group(1).lower().split()) if match else ""
 
 
 @functools.cache
