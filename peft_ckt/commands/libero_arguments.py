@@ -19,7 +19,7 @@ def add_episode_arguments(parser: argparse.ArgumentParser, output_help: str, epi
     """Which episodes to run (suite, tasks, init states, perturbations), where, and how."""
     parser.add_argument("--suite", required=True, choices=SUITES)
     parser.add_argument("--tasks", type=int_list, default=None, help="task ids, e.g. 0,1,2 (default: all)")
-    parser.add_argument("--episodes", type=int, default=10, help=episodes_help)
+    parser.add_argument("--episodes", type=int, default=None, help=episodes_help)
     parser.add_argument(
         "--perturbation",
         default="none",
@@ -28,8 +28,10 @@ def add_episode_arguments(parser: argparse.ArgumentParser, output_help: str, epi
     parser.add_argument("--severity", type=int, default=3, choices=[1, 2, 3, 4, 5], help="perturbation level")
     parser.add_argument("--output", required=True, help=output_help)
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count; 0: inline)")
-    parser.add_argument("--image-size", type=int, default=128, help="rendered image size (pixels)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--image-size", type=int, default=None, help="rendered image size in pixels (default 128; LIBERO-Plus: 256)"
+    )
+    parser.add_argument("--seed", type=int, default=None, help="base seed (default 0; LIBERO-Plus: 7, official)")
     parser.add_argument("--max-steps", type=int, default=None, help="override the suite's step limit")
     parser.add_argument("--init-offset", type=int, default=0, help="first init state index")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -46,6 +48,8 @@ NUM_INIT_STATES = 50  # LIBERO ships 50 init states per task
 def check_episode_arguments(command: str, args: argparse.Namespace) -> None:
     """One clear line for bad episode arguments, before the (slow) simulator import and any work."""
     problems = []
+    if args.episodes is None:
+        args.episodes = 10
     if args.episodes < 1:
         problems.append(f"--episodes must be >= 1; got {args.episodes}")
     if args.init_offset < 0:
@@ -58,7 +62,7 @@ def check_episode_arguments(command: str, args: argparse.Namespace) -> None:
         )
     if args.max_steps is not None and args.max_steps < 1:
         problems.append(f"--max-steps must be >= 1; got {args.max_steps}")
-    if args.image_size < 8:
+    if args.image_size is not None and args.image_size < 8:
         problems.append(f"--image-size must be >= 8 pixels; got {args.image_size}")
     if problems:
         raise SystemExit(f"{command}: error: " + "; ".join(problems))
@@ -95,8 +99,8 @@ def episode_kwargs(args: argparse.Namespace) -> dict:
         "perturbation": args.perturbation,
         "severity": args.severity,
         "num_workers": args.workers,
-        "image_size": args.image_size,
-        "seed": args.seed,
+        "image_size": 128 if args.image_size is None else args.image_size,
+        "seed": 0 if args.seed is None else args.seed,
         "max_steps": args.max_steps,
         "init_offset": args.init_offset,
         "progress": not args.no_progress,

@@ -234,6 +234,19 @@ def bar_chart(results: dict[str, Any], path: str | os.PathLike) -> None:
 
 
 # ----------------------------------------------------------------------------- entry point
+def _policy_spec(policy: str | os.PathLike) -> str:
+    """'scripted' or the absolute path of a policy / adapter folder (FileNotFoundError otherwise)."""
+    policy_spec = str(policy) if str(policy) == "scripted" else str(Path(policy).resolve())
+    if policy_spec != "scripted" and not any(
+        (Path(policy_spec) / name).is_file() for name in ("config.json", "adapter_config.json")
+    ):
+        raise FileNotFoundError(
+            f"--policy must be 'scripted', a policy folder with config.json or an adapter folder with "
+            f"adapter_config.json; got {policy}"
+        )
+    return policy_spec
+
+
 def evaluate_libero(
     suite: str,
     output_dir: str | os.PathLike,
@@ -280,14 +293,7 @@ def evaluate_libero(
         bad = [t for t in task_ids if not 0 <= t < total_tasks]
         if bad:
             raise ValueError(f"{suite} has tasks 0..{total_tasks - 1}; got {bad}")
-        policy_spec = str(policy) if str(policy) == "scripted" else str(Path(policy).resolve())
-        if policy_spec != "scripted" and not any(
-            (Path(policy_spec) / name).is_file() for name in ("config.json", "adapter_config.json")
-        ):
-            raise FileNotFoundError(
-                f"--policy must be 'scripted', a policy folder with config.json or an adapter folder with "
-                f"adapter_config.json; got {policy}"
-            )
+        policy_spec = _policy_spec(policy)
         from .policy import check_policy_spec
 
         check_policy_spec(policy_spec, trust_remote_code)  # before any worker starts, nothing imported
