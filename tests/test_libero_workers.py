@@ -13,8 +13,10 @@ import pytest
 
 SCRIPT = textwrap.dedent(
     """
-    import os, sys, time
+    import faulthandler, os, signal, sys, time
     from peft_ckt.libero.parallel import run_jobs
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks for the stacks if this hangs
 
     def sleepy(job):
         print(f"worker {os.getpid()}", flush=True)
@@ -51,8 +53,9 @@ def test_workers_die_with_their_parent(tmp_path, sig):
     script = tmp_path / "pool.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "PEFT_CKT_LIBERO_CACHE": str(tmp_path / "libero")}
+    stacks = tmp_path / "stacks.txt"
     parent = subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=stacks.open("w"), text=True, env=env
     )
     workers = []
     deadline = time.monotonic() + 120
@@ -62,7 +65,16 @@ def test_workers_die_with_their_parent(tmp_path, sig):
             workers.append(int(line.split()[1]))
     assert len(workers) == 2, "the workers did not start"
     parent.send_signal(sig)
-    parent.wait(timeout=30)
+    try:  # generous: under a loaded machine the interpreter's exit alone can take tens of seconds
+        parent.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        parent.send_signal(signal.SIGUSR1)
+        time.sleep(2)
+        parent.kill()
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"the parent did not exit 60 s after {sig.name}; its threads:\n{stacks.read_text()[-4000:]}")
     if sig == signal.SIGINT:
         assert parent.returncode == 130 and "interrupted" in parent.stdout.read()
     deadline = time.monotonic() + 10
