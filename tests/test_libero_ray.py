@@ -69,6 +69,9 @@ def test_backend_flags_fail_with_one_line(tmp_path):
         with pytest.raises(SystemExit, match="--backend ray needs --workers >= 1"):
             main([*EVAL_ARGS, "--output", out, "--backend", "ray", "--workers", "0"])
     assert not Path(out).exists()
+    if _REASON is None:  # nobody listens there: one line at once, not Ray's minutes of retries
+        with pytest.raises(SystemExit, match="cannot reach the Ray cluster at 127.0.0.1:1"):
+            main([*EVAL_ARGS, "--output", out, "--backend", "ray", "--ray-address", "127.0.0.1:1"])
 
 
 @needs_ray

@@ -14,6 +14,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from .runtime import LiberoConfigError
+
 RAY_INSTALL_HINT = "install the `ray` extra: pip install 'peft-ckt[ray]'"
 
 # A local instance started for one evaluation only moves small job and result records through the object store.
@@ -54,6 +56,35 @@ class _EpisodeWorker:
         close_cached()
 
 
+def _resolve(address: str) -> str:
+    """`auto`: the HOST:PORT of the cluster `ray start` recorded on this machine (it may be gone since)."""
+    if address != "auto":
+        return address
+    try:
+        from ray._private.services import canonicalize_bootstrap_address_or_die
+    except ImportError:  # another Ray layout: let ray.init resolve it
+        return address
+    try:
+        return canonicalize_bootstrap_address_or_die(address)
+    except ConnectionError as err:
+        raise LiberoConfigError(f"--ray-address auto: no Ray cluster started on this machine ({err})") from err
+
+
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Fail in one line on a HOST:PORT nobody listens at (Ray itself would keep retrying for minutes)."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto", "local" and the like: Ray resolves them (and fails fast)
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise LiberoConfigError(
+            f"cannot reach the Ray cluster at {address}: {err} (is it running? `ray status` on its head node)"
+        ) from err
+
+
 def _connect(address: str | None, num_workers: int | None) -> bool:
     """Join the cluster at `address`, or start a local instance; True when this call started (and must stop) it."""
     import ray
@@ -72,14 +103,16 @@ def _connect(address: str | None, num_workers: int | None) -> bool:
         "log_to_driver": True,
     }
     if address is None:
+        kwargs["address"] = "local"  # a new instance, even where `ray start` left one running
         kwargs["num_cpus"] = num_workers or os.cpu_count() or 1
         kwargs["object_store_memory"] = _LOCAL_OBJECT_STORE_BYTES
     else:
+        _check_reachable(_resolve(address))
         kwargs["address"] = address
     try:
         ray.init(**kwargs)
-    except ConnectionError as err:
-        raise ConnectionError(f"cannot reach the Ray cluster at {address}: {err}") from err
+    except (ConnectionError, RuntimeError) as err:
+        raise LiberoConfigError(f"cannot reach the Ray cluster at {address}: {err}") from err
     return True
 
 
@@ -92,7 +125,7 @@ def cluster_workers(num_jobs: int, gpus_per_worker: float) -> int:
     if gpus_per_worker > 0:
         fit = min(fit, int(resources.get("GPU", 0) / gpus_per_worker))
         if fit < 1:
-            raise ValueError(
+            raise LiberoConfigError(
                 f"--ray-gpus-per-worker {gpus_per_worker}: the Ray cluster has {resources.get('GPU', 0):g} GPU(s)"
             )
     return max(1, min(fit, num_jobs))
