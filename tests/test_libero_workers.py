@@ -34,6 +34,10 @@ SCRIPT = textwrap.dedent(
 )
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -55,7 +59,14 @@ def test_workers_die_with_their_parent(tmp_path, sig):
     env = {**os.environ, "PEFT_CKT_LIBERO_CACHE": str(tmp_path / "libero")}
     stacks = tmp_path / "stacks.txt"
     parent = subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=stacks.open("w"), text=True, env=env
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=stacks.open("w"),
+        text=True,
+        env=env,
+        # Ctrl-C as a terminal delivers it: a test run started in the background (`make test &`, some CI runners)
+        # inherits SIGINT ignored, and the parent would then never see the signal the test sends.
+        preexec_fn=_default_sigint,
     )
     workers = []
     deadline = time.monotonic() + 120
@@ -65,7 +76,7 @@ def test_workers_die_with_their_parent(tmp_path, sig):
             workers.append(int(line.split()[1]))
     assert len(workers) == 2, "the workers did not start"
     parent.send_signal(sig)
-    try:  # generous: under a loaded machine the interpreter's exit alone can take tens of seconds
+    try:
         parent.wait(timeout=60)
     except subprocess.TimeoutExpired:
         parent.send_signal(signal.SIGUSR1)
