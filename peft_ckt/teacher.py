@@ -230,16 +230,9 @@ def _config_hidden_size(teacher: nn.Module) -> Optional[int]:
 def infer_teacher_hidden_size(teacher: nn.Module, layer: nn.Module) -> Optional[int]:
     """Width `d_t` of the teacher's residual stream: from its config (transformers / diffusers), else from the
     layer itself (a Linear/Embedding/norm, or the first norm inside a block)."""
-    config = getattr(teacher, "config", None)
-    if hasattr(config, "get_text_config"):
-        config = config.get_text_config()
-    for key in ("hidden_size", "d_model", "n_embd"):
-        value = _config_get(config, key)
-        if isinstance(value, int):
-            return value
-    heads, head_dim = _config_get(config, "num_attention_heads"), _config_get(config, "attention_head_dim")
-    if isinstance(heads, int) and isinstance(head_dim, int):  # diffusers transformers: inner_dim
-        return heads * head_dim
+    width = _config_hidden_size(teacher)
+    if width is not None:
+        return width
     width = infer_width(layer)
     if width is not None:
         return width

@@ -76,23 +76,11 @@ def run_episode(job: EpisodeJob) -> EpisodeResult:
         privileged=privileged,
     )
     start = time.perf_counter()
-    policy.reset()
-    observation = env.reset(job.init_index)
-    frames: list[np.ndarray] = []
-    success = env.check_success()
-    while not success and env.num_steps < env.max_steps:
-        if lazy_render and policy.needs_observation():
-            observation = env.render_observation()
-        if job.video_dir is not None:
-            frames.append(observation.get("observation.images.image") if render_every_step else env.render("image"))
-        action = policy.select_action(observation)
-        observation, _, terminated, truncated, info = env.step(np.asarray(action))
-        success = bool(info["is_success"])
-        if terminated or truncated:
-            break
+    success, frames = play_episode(
+        env, policy, job.init_index, lazy_render, render_every_step, job.video_dir is not None
+    )
     video = None
     if job.video_dir is not None:
-        frames.append(env.render("image"))
         name = f"{job.suite}_task{job.task_id:02d}_init{job.init_index:02d}_{job.perturbation}"
         video = str(Path(job.video_dir) / f"{name}_{'success' if success else 'failure'}.mp4")
         write_video(video, frames)
@@ -109,6 +97,29 @@ def run_episode(job: EpisodeJob) -> EpisodeResult:
         seconds=round(time.perf_counter() - start, 3),
         video=video,
     )
+
+
+def play_episode(
+    env, policy, init_index: int, lazy_render: bool, render_every_step: bool, record: bool
+) -> tuple[bool, list[np.ndarray]]:
+    """Reset `env` to `init_index` and run `policy` until success or the step limit; returns the success and, with
+    `record`, the agent-view frames (the last one after the final step)."""
+    policy.reset()
+    observation = env.reset(init_index)
+    frames: list[np.ndarray] = []
+    success = env.check_success()
+    while not success and env.num_steps < env.max_steps:
+        if lazy_render and policy.needs_observation():
+            observation = env.render_observation()
+        if record:
+            frames.append(observation.get("observation.images.image") if render_every_step else env.render("image"))
+        observation, _, terminated, truncated, info = env.step(np.asarray(policy.select_action(observation)))
+        success = bool(info["is_success"])
+        if terminated or truncated:
+            break
+    if record:
+        frames.append(env.render("image"))
+    return success, frames
 
 
 def write_video(path: str | os.PathLike, frames: list[np.ndarray], fps: int = 20) -> None:

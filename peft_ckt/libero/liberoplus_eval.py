@@ -64,7 +64,7 @@ class OfficialEpisodeResult:
 
 def run_official_episode(job: OfficialEpisodeJob) -> OfficialEpisodeResult:
     """One episode of an official task in this process (env and policy cached between calls)."""
-    from .evaluation import _load_policy, write_video
+    from .evaluation import _load_policy, play_episode, write_video
     from .liberoplus import make_env
 
     configure_liberoplus(job.assets)
@@ -89,22 +89,11 @@ def run_official_episode(job: OfficialEpisodeJob) -> OfficialEpisodeResult:
         ),
     )
     start = time.perf_counter()
-    policy.reset()
-    observation = env.reset(job.init_index)
-    frames: list[np.ndarray] = []
-    success = env.check_success()
-    while not success and env.num_steps < env.max_steps:
-        if lazy_render and policy.needs_observation():
-            observation = env.render_observation()
-        if job.video_dir is not None:
-            frames.append(observation.get("observation.images.image") if render_every_step else env.render("image"))
-        observation, _, terminated, truncated, info = env.step(np.asarray(policy.select_action(observation)))
-        success = bool(info["is_success"])
-        if terminated or truncated:
-            break
+    success, frames = play_episode(
+        env, policy, job.init_index, lazy_render, render_every_step, job.video_dir is not None
+    )
     video = None
     if job.video_dir is not None:
-        frames.append(env.render("image"))
         video = str(Path(job.video_dir) / f"{job.suite}_{task.index:04d}_{'success' if success else 'failure'}.mp4")
         write_video(video, frames)
     return OfficialEpisodeResult(
