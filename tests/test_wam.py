@@ -76,6 +76,20 @@ def test_frames_round_trip_actions_and_images():
     images = torch.randint(0, 256, (3, 16, 16, 3), dtype=torch.uint8)
     back = wam.image_from_latent(wam.image_latent(images))
     assert torch.allclose(back, images.permute(0, 3, 1, 2).float() / 255, atol=1e-6)
+    # The generated future view is the agent view pooled by `future_pool`, read back from its tiled frame.
+    future = wam.future_image(wam.future_tokens(images))
+    pooled = torch.nn.functional.avg_pool2d(images.permute(0, 3, 1, 2).float() / 255, wam.future_pool)
+    assert future.shape == (3, 3, 8, 8) and torch.allclose(future, pooled, atol=1e-5)
+    tokens = torch.randn(3, wam.tokens_per_frame, wam.generated_dim)
+    frames = wam.generated_frames(tokens)
+    assert frames.shape == (3, wam.latent_channels, 2, 4, 4)
+    padded = torch.cat([torch.zeros(3, wam.latent_channels, 3, 4, 4), frames], dim=2)
+    assert torch.allclose(wam.read_generated(padded), tokens, atol=1e-6)
+
+
+def test_future_pool_must_divide_the_pixel_block():
+    with pytest.raises(ValueError, match="future_pool"):
+        tiny_wam("cosmos", future_pool=3)
 
 
 def test_chunk_too_long_for_the_frame_is_refused():
@@ -90,20 +104,20 @@ class ExactWAM(WorldActionModel):
 
     def __init__(self, target: torch.Tensor, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.target = target
+        self.target = target  # generated tokens [B, n, 7 + future_dim]
 
     def forward(self, hidden_states, timestep, encoder_hidden_states=None, instruction_ids=None):
         clean = self.target
-        noisy = hidden_states[:, :, 3:]
-        t = timestep.view(-1, 1, 1, 1, 1)
+        noisy = self.read_generated(hidden_states)
+        t = timestep.view(-1, 1, 1)
         answer = clean if self.prediction_type == "sample" else (noisy - (1 - t) * clean) / t - clean
-        return torch.cat([hidden_states[:, :, :3], answer], dim=2)
+        return torch.cat([hidden_states[:, :, :3], self.generated_frames(answer)], dim=2)
 
 
 @pytest.mark.parametrize("prediction_type", ["sample", "velocity"])
 def test_sampler_and_loss_match_the_parameterisation(prediction_type):
     batch = ChunkDataset(fake_episodes()).batch(torch.arange(4))
-    target = tiny_wam("cosmos").target_latents(batch)
+    target = tiny_wam("cosmos").generated_tokens(batch)
     torch.manual_seed(1)
     wam = ExactWAM(target, **{**TINY_DEFAULTS, "backbone": "cosmos", "prediction_type": prediction_type})
     # Rectified flow from any noise lands exactly on the data when the prediction is exact.
@@ -128,11 +142,11 @@ def test_save_load_round_trip(tmp_path, backbone):
     loaded = WorldActionModel.from_pretrained(tmp_path / "wam")
     assert loaded.name_or_path == str((tmp_path / "wam").resolve())
     batch = ChunkDataset(fake_episodes()).batch(torch.arange(4))
-    noise = torch.randn(4, wam.latent_channels, 2, 4, 4)
+    noise = torch.randn(wam.noise_shape(4))
     a = sample(wam, wam, batch, initial_noise=noise)
     b = sample(loaded, loaded, batch, initial_noise=noise)
     assert torch.equal(a["actions"], b["actions"]) and torch.equal(a["latents"], b["latents"])
-    assert a["actions"].shape == (4, 16, 7) and a["future_image"].shape == (4, 3, 16, 16)
+    assert a["actions"].shape == (4, 16, 7) and a["future_image"].shape == (4, 3, 8, 8)
 
 
 def test_chunk_dataset_windows_and_image_stride():
@@ -222,7 +236,7 @@ def test_ckt_on_the_wam_pair_trains_only_the_adapter_and_reuses_the_context(tmp_
     assert sum(result.expert_counts) == 5 * 4
     assert all(torch.equal(p, frozen[n]) for n, p in student.named_parameters() if n in frozen)
     model.eval()
-    noise = torch.randn(6, student.latent_channels, 2, 4, 4)
+    noise = torch.randn(student.noise_shape(6))
     context = model.encode_teacher(teacher.teacher_inputs(batch))
     assert context.tokens.shape == (6, 2 * 4 + 1, student.text_dim)
     reused = sample(model, student, batch, initial_noise=noise, ckt_context=context)

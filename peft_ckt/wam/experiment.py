@@ -63,6 +63,7 @@ class DemoSettings:
     student_heads: int = 2
     head_dim: int = 32
     text_dim: int = 32
+    future_pool: int = 2  # the generated future view at image_size / 2 (WorldActionModel's future_pool)
     # Training.
     batch_size: int = 32
     teacher_steps: int = 1200
@@ -260,6 +261,7 @@ def build_wam(settings: DemoSettings, role: str, episodes: list[dict[str, Any]])
         num_attention_heads=settings.teacher_heads if teacher else settings.student_heads,
         attention_head_dim=settings.head_dim,
         text_dim=settings.text_dim,
+        future_pool=settings.future_pool,
         **stats,
     )
 
@@ -270,7 +272,16 @@ def pretrain_stage(settings: DemoSettings, cache: Path, role: str, episodes: lis
     from .modeling import WorldActionModel
     from .training import train_wam
 
-    fields = [f"{role}_layers", f"{role}_heads", "head_dim", "text_dim", "batch_size", f"{role}_steps", f"{role}_lr"]
+    fields = [
+        f"{role}_layers",
+        f"{role}_heads",
+        "head_dim",
+        "text_dim",
+        "future_pool",
+        "batch_size",
+        f"{role}_steps",
+        f"{role}_lr",
+    ]
     final = cache / "models" / f"{role}-{settings.key(*fields, 'seed', 'image_size')}-{data_key}"
     if (final / "model.safetensors").is_file():
         _log(f"{role}: cached ({final})")
@@ -520,7 +531,8 @@ def offline_metrics(models: dict[str, Any], heldout: dict[str, Any], train_stats
 
     - `action_mse`: the action chunk the policy executes (5 Euler steps from fixed noise) against the demonstration,
       in action units.
-    - `future_frame_mse`: the predicted agent view at t + 16 against the real one, in pixels in [0, 1], from each
+    - `future_frame_mse`: the predicted agent view at t + 16 against the real one, in pixels in [0, 1] at the resolution the
+      WAMs generate it at (every row pooled to it), from each
       model's one-step estimate at noise level 1 (the conditional mean: the fair point prediction to put beside the
       mean frame; a sharp sample loses to the mean in squared error even when it is plausible).
 
@@ -541,8 +553,13 @@ def offline_metrics(models: dict[str, Any], heldout: dict[str, Any], train_stats
 
     def noise(batch, index, wam):
         generator = torch.Generator().manual_seed(10_000 + index)
-        shape = (len(batch["action"]), wam.latent_channels, 2, wam.latent_side, wam.latent_side)
-        return torch.randn(shape, generator=generator)
+        return torch.randn(wam.noise_shape(len(batch["action"])), generator=generator)
+
+    # Every frame (predicted, trivial and true) is scored at the resolution the WAMs generate the future view at.
+    frame_size = min(entry["wam"].future_size for entry in models.values())
+
+    def pooled(frames):
+        return torch.nn.functional.interpolate(frames, size=(frame_size, frame_size), mode="area")
 
     def run_split(split: str, dataset) -> None:
         batches = list(held_out_batches(dataset, max_samples=settings.heldout_samples, batch_size=128))
@@ -552,10 +569,10 @@ def offline_metrics(models: dict[str, Any], heldout: dict[str, Any], train_stats
             count = 0
             for index, batch in enumerate(batches):
                 actions, frames = predict(batch, index)
-                truth = batch["future.images.image"].permute(0, 3, 1, 2).float().div(255.0)
+                truth = pooled(batch["future.images.image"].permute(0, 3, 1, 2).float().div(255.0))
                 if actions is not None:
                     action_err += (actions - batch["action"]).pow(2).mean(dim=(1, 2)).sum().item()
-                frame_err += (frames - truth).pow(2).mean(dim=(1, 2, 3)).sum().item()
+                frame_err += (pooled(frames) - truth).pow(2).mean(dim=(1, 2, 3)).sum().item()
                 count += len(batch["action"])
             row = results.setdefault(name, {}).setdefault(split, {})
             row["action_mse"] = action_err / count if actions is not None else None
@@ -753,7 +770,8 @@ def markdown_report(report: dict[str, Any]) -> str:
         "",
         "Offline, on a fixed held-out set of demonstrations (init state 45 of the evaluated tasks, clean and under each "
         "perturbation), every row scored on the same samples with the same sampling noise (lower is better). Action "
-        "MSE: the executed chunk (5 denoising steps); future frame: pixel MSE of the model's one-step estimate of "
+        "MSE: the executed chunk (5 denoising steps); future frame: pixel MSE (at the generated resolution, every row "
+        "pooled to it) of the model's one-step estimate of "
         "the agent view 16 steps ahead.",
         "",
         "| Predictor | action MSE, clean | action MSE, perturbed | future frame, clean | future frame, perturbed |",

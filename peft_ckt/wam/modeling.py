@@ -10,10 +10,18 @@ and proprioception to Cosmos-Predict2 as extra latent frames:
     frame 3  action chunk a[t : t + chunk]   (generated)
     frame 4  agent-view image at t + chunk   (generated: the future observation)
 
-Image latents are downsampled pixels: an `[3, S, S]` image in [-1, 1] is space-to-depth folded by `pixel_block`
-into `[3 * pixel_block^2, S / pixel_block, S / pixel_block]` (no autoencoder to train or download). A state or
-an action frame repeats its values over the channels of each of the `(S / pixel_block)^2` tokens; an action frame
-holds one chunk step per token, so `chunk_size` equals the number of tokens of a frame.
+Image latents are downsampled pixels: an `[3, S, S]` image (normalised per colour) is space-to-depth folded by
+`pixel_block` into `[C = 3 * pixel_block^2, S / pixel_block, S / pixel_block]` (no autoencoder to train or
+download). A state or an action frame repeats its values over the channels of each of the `(S / pixel_block)^2`
+tokens; an action frame holds one chunk step per token, so `chunk_size` equals the number of tokens of a frame.
+
+The generated frames live in a smaller space than their `C` channels: per token, the 7 action values and the
+future view at `1 / future_pool` of the resolution (`3 * (pixel_block / future_pool)^2` values): the *generated
+tokens* `[B, n_tokens, 7 + future_dim]`. Noise is drawn there and tiled over the channels like the values, so a
+noisy frame stays a tiled frame, and the backbone's output frames are read back by averaging the repeats (a fixed
+linear read-out). The flow then has 7 + 48 dimensions per token instead of 2 x 192, which a 64-96 wide transformer
+can carry through its residual stream; with independent noise on every channel the velocity target holds 192
+independent noise values per token and these widths cannot represent it (measured: docs/wam.md).
 
 The instruction enters through cross-attention over text embeddings `encoder_hidden_states [B, L, text_dim]`
 (a learned word embedding, see `tokenizer.py`): the conditioning CKT appends its context to.
@@ -71,14 +79,14 @@ class WorldActionModel(
             gripper action stays in {-1, 1}: give mean 0 / std 1 there).
         image_mean, image_std: per-colour normalisation of the pixels in [0, 1], so that image latents have unit
             variance like the noise they are mixed with (the role of a VAE's scaling factor).
+        future_pool: the generated future view is the agent view average-pooled by this factor (`pixel_block` must be
+            a multiple of it): `future_dim = 3 * (pixel_block / future_pool)^2` values per token.
         future_loss_weight: weight of the future-frame denoising loss beside the action loss.
         num_inference_steps: Euler steps of `sample`.
         prediction_type: what the backbone outputs: `"velocity"` (`e - x_0`, the default) or `"sample"` (the clean
             frames `x_0`). A latent token has more channels than these small transformers are wide (192 against
-            64-96), so a velocity, which carries each channel's own noise, cannot pass through their residual
-            stream exactly, while clean frames can; measured on the demo's data (docs/wam.md), `"sample"` still
-            predicted held-out actions no better at the same step count, so the default stays the flow-matching
-            one. Sampling and the loss are the same rectified flow either way.
+            64-96); both are computed on the generated tokens (see the module docstring). Sampling and the loss
+            are the same rectified flow either way.
     """
 
     def __init__(
@@ -100,6 +108,7 @@ class WorldActionModel(
         action_std: Optional[list[float]] = None,
         image_mean: Optional[list[float]] = None,
         image_std: Optional[list[float]] = None,
+        future_pool: int = 2,
         future_loss_weight: float = 0.25,
         num_inference_steps: int = 5,
         prediction_type: str = "velocity",
@@ -123,6 +132,12 @@ class WorldActionModel(
             raise ValueError(f"pixel_block={pixel_block} gives {self.latent_channels} channels, fewer than 8")
         if prediction_type not in ("sample", "velocity"):
             raise ValueError(f"prediction_type must be 'sample' or 'velocity'; got {prediction_type!r}")
+        if future_pool < 1 or pixel_block % future_pool:
+            raise ValueError(f"pixel_block ({pixel_block}) must be a multiple of future_pool ({future_pool})")
+        self.future_pool = future_pool
+        self.future_size = image_size // future_pool
+        self.future_dim = 3 * (pixel_block // future_pool) ** 2
+        self.generated_dim = ACTION_DIM + self.future_dim
         self.future_loss_weight = future_loss_weight
         self.num_inference_steps = num_inference_steps
         self.prediction_type = prediction_type
@@ -257,8 +272,26 @@ class WorldActionModel(
 
     def image_from_latent(self, latent: torch.Tensor) -> torch.Tensor:
         """Inverse of `image_latent`: `[B, C, h, w]` -> `[B, 3, S, S]` in [0, 1]."""
-        images = F.pixel_shuffle(latent, self.pixel_block)
-        return (images * self.image_std.view(1, 3, 1, 1) + self.image_mean.view(1, 3, 1, 1)).clamp(0.0, 1.0)
+        return self._pixels(F.pixel_shuffle(latent, self.pixel_block))
+
+    def _pixels(self, normalised: torch.Tensor) -> torch.Tensor:
+        return (normalised * self.image_std.view(1, 3, 1, 1) + self.image_mean.view(1, 3, 1, 1)).clamp(0.0, 1.0)
+
+    def future_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """The generated future view: `[B, 3, S, S]` in [0, 1] (or uint8 `[B, S, S, 3]`) -> `[B, n_tokens,
+        future_dim]`, the image latent average-pooled by `future_pool` (its space-to-depth by
+        `pixel_block / future_pool`)."""
+        latent = F.pixel_shuffle(self.image_latent(images), self.pixel_block)
+        if self.future_pool > 1:
+            latent = F.avg_pool2d(latent, self.future_pool)
+        folded = F.pixel_unshuffle(latent, self.pixel_block // self.future_pool)
+        return folded.flatten(2).transpose(1, 2)
+
+    def future_image(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Inverse of `future_tokens`: `[B, n_tokens, future_dim]` -> `[B, 3, S', S']` in [0, 1], `S' = S /
+        future_pool`."""
+        folded = tokens.transpose(1, 2).reshape(tokens.shape[0], self.future_dim, self.latent_side, self.latent_side)
+        return self._pixels(F.pixel_shuffle(folded, self.pixel_block // self.future_pool))
 
     def _tile(self, values: torch.Tensor) -> torch.Tensor:
         """`[B, n_tokens, D]` -> `[B, C, h, w]`: each token's D values repeated over its C channels."""
@@ -285,8 +318,10 @@ class WorldActionModel(
 
     def actions_from_frame(self, frame: torch.Tensor) -> torch.Tensor:
         """`[B, C, h, w]` -> `[B, chunk, 7]` actions in [-1, 1], the gripper snapped to {-1, 1}."""
-        actions = self._untile(frame, ACTION_DIM) * self.action_std + self.action_mean
-        actions = actions.clamp(-1.0, 1.0)
+        return self._actions(self._untile(frame, ACTION_DIM))
+
+    def _actions(self, normalised: torch.Tensor) -> torch.Tensor:
+        actions = (normalised * self.action_std + self.action_mean).clamp(-1.0, 1.0)
         gripper = torch.where(actions[..., 6:] >= 0, 1.0, -1.0)
         return torch.cat([actions[..., :6], gripper], dim=-1)
 
@@ -299,11 +334,31 @@ class WorldActionModel(
         ]
         return torch.stack(frames, dim=2)
 
-    def target_latents(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Frames 3-4 (what is generated) from a training batch: `[B, C, 2, h, w]`."""
-        return torch.stack(
-            [self.action_frame(batch["action"]), self.image_latent(batch["future.images.image"])], dim=2
+    # ------------------------------------------------------------------ generated tokens <-> frames
+    def generated_tokens(self, batch: dict[str, Any]) -> torch.Tensor:
+        """What is generated, from a training batch: `[B, n_tokens, 7 + future_dim]` (the normalised action chunk,
+        one step per token, beside the pooled future view)."""
+        actions = (batch["action"] - self.action_mean) / self.action_std
+        return torch.cat([actions, self.future_tokens(batch["future.images.image"])], dim=-1)
+
+    def generated_frames(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`[B, n_tokens, 7 + future_dim]` -> frames 3-4 `[B, C, 2, h, w]` (each part tiled over the channels)."""
+        return torch.stack([self._tile(tokens[..., :ACTION_DIM]), self._tile(tokens[..., ACTION_DIM:])], dim=2)
+
+    def read_generated(self, frames: torch.Tensor) -> torch.Tensor:
+        """Inverse of `generated_frames` on the backbone's output: `[B, C, T, h, w]` (its frames 3-4) ->
+        `[B, n_tokens, 7 + future_dim]`, the mean over each value's repeats."""
+        return torch.cat(
+            [
+                self._untile(frames[:, :, ACTION_FRAME], ACTION_DIM),
+                self._untile(frames[:, :, FUTURE_FRAME], self.future_dim),
+            ],
+            dim=-1,
         )
+
+    def noise_shape(self, batch_size: int) -> tuple[int, int, int]:
+        """Shape of the noise `sample` starts from: `(B, n_tokens, 7 + future_dim)`."""
+        return batch_size, self.tokens_per_frame, self.generated_dim
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -364,23 +419,23 @@ def flow_matching_loss(
     """
     inputs = wam.student_inputs(batch)
     condition = inputs["condition"]
-    target = wam.target_latents(batch)
+    target = wam.generated_tokens(batch)
     batch_size = condition.shape[0]
     noise = torch.randn(target.shape, generator=generator, device=target.device)
     # Logit-normal noise levels (as in SD3 / Cosmos): more weight on the middle of the path.
-    t = torch.sigmoid(torch.randn(batch_size, generator=generator, device=target.device))
-    noisy = (1 - t.view(-1, 1, 1, 1, 1)) * target + t.view(-1, 1, 1, 1, 1) * noise
+    t = torch.sigmoid(torch.randn(batch_size, generator=generator, device=target.device)).view(-1, 1, 1)
+    noisy = (1 - t) * target + t * noise
     out = model(
-        hidden_states=torch.cat([condition, noisy], dim=2),
-        timestep=t,
+        hidden_states=torch.cat([condition, wam.generated_frames(noisy)], dim=2),
+        timestep=t.view(-1),
         encoder_hidden_states=inputs["encoder_hidden_states"],
         **ckt,
     )
     # Rectified flow either way; with `prediction_type="sample"` the error is measured on x_0, which is the velocity
     # error weighted by t^2 (finite as t -> 0, where a velocity derived from x_0 would divide by t).
     truth = target if wam.prediction_type == "sample" else noise - target
-    errors = (out[:, :, ACTION_FRAME:].float() - truth.float()).pow(2)
-    action_loss, future_loss = errors[:, :, 0].mean(), errors[:, :, 1].mean()
+    errors = (wam.read_generated(out.float()) - truth.float()).pow(2)
+    action_loss, future_loss = errors[..., :ACTION_DIM].mean(), errors[..., ACTION_DIM:].mean()
     return {
         "loss": action_loss + wam.future_loss_weight * future_loss,
         "action_loss": action_loss,
@@ -398,33 +453,35 @@ def sample(
     initial_noise: Optional[torch.Tensor] = None,
     **ckt,
 ) -> dict[str, torch.Tensor]:
-    """Euler sampling of the generated frames from noise (t = 1) to data (t = 0).
+    """Euler sampling of the generated tokens from noise (t = 1) to data (t = 0).
 
     `ckt` is passed to every step, e.g. `ckt_context=peft_model.encode_teacher(...)`: computed once, reused for
-    every denoising step. Returns `{"actions" [B, chunk, 7], "future_image" [B, 3, S, S], "latents"}`.
+    every denoising step. `initial_noise` has `wam.noise_shape(B)`. Returns `{"actions" [B, chunk, 7],
+    "future_image" [B, 3, S', S'], "latents" [B, n_tokens, 7 + future_dim]}` (`S' = S / future_pool`).
     """
     inputs = wam.student_inputs(batch)
     condition = inputs["condition"]
-    shape = (condition.shape[0], condition.shape[1], 2, *condition.shape[3:])
-    x = initial_noise if initial_noise is not None else torch.randn(shape, generator=generator).to(condition.device)
+    shape = wam.noise_shape(condition.shape[0])
+    x = initial_noise if initial_noise is not None else torch.randn(shape, generator=generator)
+    x = x.to(condition.device)
     steps = num_steps or wam.num_inference_steps
     levels = torch.linspace(1.0, 0.0, steps + 1, device=condition.device)
     for i in range(steps):
         t = levels[i].expand(shape[0])
         out = model(
-            hidden_states=torch.cat([condition, x], dim=2),
+            hidden_states=torch.cat([condition, wam.generated_frames(x)], dim=2),
             timestep=t,
             encoder_hidden_states=inputs["encoder_hidden_states"],
             **ckt,
         )
-        predicted = out[:, :, ACTION_FRAME:]
+        predicted = wam.read_generated(out)
         if wam.prediction_type == "sample":
             # The velocity the predicted x_0 implies at x_t: (x_t - x_0) / t (t > 0 at every step taken).
             predicted = (x - predicted) / levels[i]
         x = x + (levels[i + 1] - levels[i]) * predicted
     return {
-        "actions": wam.actions_from_frame(x[:, :, 0]),
-        "future_image": wam.image_from_latent(x[:, :, 1]),
+        "actions": wam._actions(x[..., :ACTION_DIM]),
+        "future_image": wam.future_image(x[..., ACTION_DIM:]),
         "latents": x,
     }
 

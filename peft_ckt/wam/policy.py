@@ -54,6 +54,7 @@ class WAMPolicy(LiberoPolicy):
 
     def __init__(self, model: nn.Module, n_action_steps: int = 8, seed: int = 0) -> None:
         super().__init__()
+        torch.set_flush_denormal(True)  # subnormal floats run ~100x slower on CPUs (see training.train_wam)
         self.model = model.eval()
         self.wam: WorldActionModel = _unwrap(model)
         self.image_size = self.wam.image_size

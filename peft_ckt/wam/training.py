@@ -62,6 +62,9 @@ def train_wam(
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1; got {steps}")
+    # Subnormal floats (weights and activations decaying towards 0 late in training) run ~100x slower on x86 CPUs:
+    # measured here, a teacher at 6 steps/s fell to 0.9 steps/s after ~300 steps without this.
+    torch.set_flush_denormal(True)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("The model has no trainable parameters")
