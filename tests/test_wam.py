@@ -348,3 +348,33 @@ def test_public_names():
     assert callable(wam.run_demo) and wam.WAMPolicy.name == "wam"
     with pytest.raises(AttributeError):
         wam.NoSuchThing  # noqa: B018
+
+
+def test_demo_splits_pretrain_the_student_on_its_own_tasks(tmp_path):
+    """With `student_tasks` the student's narrow set is its own dataset (other tasks than the target set's);
+    without, it is the first `student_episodes` of the teacher's clean demonstrations."""
+    from peft_ckt.libero.dataset import LeRobotDatasetWriter
+    from peft_ckt.wam.experiment import DemoSettings, split_datasets
+
+    def write(name, rows):
+        writer = LeRobotDatasetWriter(tmp_path / name, image_size=(16, 16))
+        for episode, (task_id, init, kind) in zip(fake_episodes(num=len(rows), length=4), rows):
+            images = {"image": list(episode["image"]), "wrist_image": list(episode["wrist_image"])}
+            extra = {"task_id": task_id, "init_index": init, "perturbation": kind}
+            writer.add_episode(episode["state"], episode["action"], images, task=f"task {task_id}", extra=extra)
+        writer.finalize()
+        return tmp_path / name
+
+    data = {
+        "clean": write("clean", [(0, 0, "none"), (0, 1, "none"), (0, 2, "none")]),
+        "perturbed": write("perturbed", [(0, 3, "light")]),
+        "heldout": write("heldout", [(0, 45, "none")]),
+    }
+    settings = DemoSettings(student_episodes=1, target_episodes=2, student_tasks=())
+    splits = split_datasets(settings, data)
+    assert [e["init_index"] for e in splits["student"]] == [0]
+    assert [e["init_index"] for e in splits["target"]] == [0, 1] and len(splits["teacher"]) == 4
+    data["student"] = write("student", [(4, 0, "none"), (5, 0, "none")])
+    splits = split_datasets(DemoSettings(student_tasks=(4, 5)), data)
+    assert sorted(e["task_id"] for e in splits["student"]) == [4, 5]
+    assert {e["task_id"] for e in splits["target"]} == {0}

@@ -53,6 +53,10 @@ class DemoSettings:
     teacher_clean_episodes: int = 3
     teacher_perturbed_episodes: int = 2
     student_episodes: int = 2
+    # Tasks of the student's narrow pretraining: other tasks than the evaluated ones, so the target tasks, their
+    # objects' words and their perturbations are what the teacher knows and the student does not. () = the teacher's
+    # tasks (the student then pretrains on the first `student_episodes` of the teacher's clean demonstrations).
+    student_tasks: tuple[int, ...] = (4, 5, 6, 7, 8, 9)
     target_episodes: int = 3
     heldout_tasks: tuple[int, ...] = (0, 1, 2, 3)
     heldout_init: int = 45
@@ -99,6 +103,7 @@ class DemoSettings:
             teacher_clean_episodes=1,
             teacher_perturbed_episodes=1,
             student_episodes=1,
+            student_tasks=(1,),
             target_episodes=1,
             heldout_tasks=(0,),
             teacher_steps=100,
@@ -146,7 +151,8 @@ def _collect_named(named_job: tuple[str, Any]) -> dict[str, Any]:
 
 
 def collect_all(settings: DemoSettings, cache: Path, progress: bool = True) -> dict[str, Path]:
-    """The three demonstration sets (teacher clean, teacher perturbed, held-out), collected in one worker pool.
+    """The demonstration sets (teacher clean, teacher perturbed, held-out and, with `student_tasks`, the student's),
+    collected in one worker pool.
 
     All the episodes of a task run back to back, so each worker builds each task's environment once (building one
     costs ~9 s, as much as two episodes). Each set is written into a temporary folder and renamed when complete.
@@ -167,6 +173,8 @@ def collect_all(settings: DemoSettings, cache: Path, progress: bool = True) -> d
         ),
         "heldout": (s.heldout_tasks, 1, ["none", *PERTURBATION_KINDS], s.heldout_init),
     }
+    if s.student_tasks:
+        specs["student"] = (s.student_tasks, s.student_episodes, ["none"], 0)
     key = s.key("suite", "image_size", "image_stride", "severity", "seed")
     finals = {}
     for name, (tasks, episodes, kinds, offset) in specs.items():
@@ -233,9 +241,14 @@ def split_datasets(settings: DemoSettings, data: dict[str, Path]) -> dict[str, A
     perturbed = read_episodes(data["perturbed"])
     heldout = read_episodes(data["heldout"])
     first = min(e["init_index"] for e in clean)
+    student = (
+        read_episodes(data["student"])
+        if "student" in data
+        else [e for e in clean if e["init_index"] < first + settings.student_episodes]
+    )
     return {
         "teacher": clean + perturbed,
-        "student": [e for e in clean if e["init_index"] < first + settings.student_episodes],
+        "student": student,
         "target": [e for e in clean if e["init_index"] < first + settings.target_episodes],
         "heldout": heldout,
     }
