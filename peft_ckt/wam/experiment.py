@@ -1,4 +1,4 @@
-"""The LIBERO transfer experiment: a frozen student WAM gains a frozen teacher WAM's robustness through CKT.
+"""The LIBERO transfer experiment: can a frozen student WAM gain a frozen teacher WAM's robustness through CKT?
 
 `make demo` (`python examples/libero_transfer.py`) runs, with progress bars, everything cached under one folder and
 keyed by its settings (a second run skips what is done; an interrupted one resumes):
