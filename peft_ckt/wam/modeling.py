@@ -261,14 +261,17 @@ class WorldActionModel(
     def tokenize(self, instructions: list[str]) -> torch.Tensor:
         return self.tokenizer(instructions).to(self.device)
 
-    def image_latent(self, images: torch.Tensor) -> torch.Tensor:
-        """`[B, 3, S, S]` in [0, 1] (or uint8 `[B, S, S, 3]`) -> normalised `[B, C, h, w]`."""
+    def _normalised(self, images: torch.Tensor) -> torch.Tensor:
+        """`[B, 3, S, S]` in [0, 1] (or uint8 `[B, S, S, 3]`) -> `[B, 3, S, S]` normalised per colour."""
         if images.dtype == torch.uint8:
             images = images.permute(0, 3, 1, 2).float().div(255.0)
         if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
             images = F.interpolate(images, size=(self.image_size, self.image_size), mode="area")
-        normalised = (images - self.image_mean.view(1, 3, 1, 1)) / self.image_std.view(1, 3, 1, 1)
-        return F.pixel_unshuffle(normalised, self.pixel_block)
+        return (images - self.image_mean.view(1, 3, 1, 1)) / self.image_std.view(1, 3, 1, 1)
+
+    def image_latent(self, images: torch.Tensor) -> torch.Tensor:
+        """`[B, 3, S, S]` in [0, 1] (or uint8 `[B, S, S, 3]`) -> normalised `[B, C, h, w]`."""
+        return F.pixel_unshuffle(self._normalised(images), self.pixel_block)
 
     def image_from_latent(self, latent: torch.Tensor) -> torch.Tensor:
         """Inverse of `image_latent`: `[B, C, h, w]` -> `[B, 3, S, S]` in [0, 1]."""
@@ -281,10 +284,8 @@ class WorldActionModel(
         """The generated future view: `[B, 3, S, S]` in [0, 1] (or uint8 `[B, S, S, 3]`) -> `[B, n_tokens,
         future_dim]`, the image latent average-pooled by `future_pool` (its space-to-depth by
         `pixel_block / future_pool`)."""
-        latent = F.pixel_shuffle(self.image_latent(images), self.pixel_block)
-        if self.future_pool > 1:
-            latent = F.avg_pool2d(latent, self.future_pool)
-        folded = F.pixel_unshuffle(latent, self.pixel_block // self.future_pool)
+        pooled = F.avg_pool2d(self._normalised(images), self.future_pool)
+        folded = F.pixel_unshuffle(pooled, self.pixel_block // self.future_pool)
         return folded.flatten(2).transpose(1, 2)
 
     def future_image(self, tokens: torch.Tensor) -> torch.Tensor:
