@@ -6,7 +6,7 @@ keyed by its settings (a second run skips what is done; an interrupted one resum
 1. Collect scripted demonstrations on `libero_object` (`collect_demonstrations`, images at the WAM's size).
 2. Pretrain the teacher (Wan backbone, wider and deeper) on broad data: the evaluated tasks, clean scenes plus
    demonstrations under each of the seven LIBERO-Plus perturbations. Pretrain the student (Cosmos backbone) on
-   narrow data: clean scenes only, fewer demonstrations (or other tasks: `student_tasks`). Both are then frozen.
+   narrow data: clean scenes only, of other tasks (`student_tasks`). Both are then frozen.
 3. Train student+CKT (teacher layer in the middle of the teacher) and student+LoRA (at least CKT's trainable
    budget) on the same small target set of clean demonstrations.
 4. Evaluate teacher, student, student+LoRA and student+CKT in LIBERO, clean and under the seven perturbations, with
