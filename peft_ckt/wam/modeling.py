@@ -8,7 +8,7 @@ and proprioception to Cosmos-Predict2 as extra latent frames:
     frame 1  wrist image at t                (condition)
     frame 2  robot state at t                (condition)
     frame 3  action chunk a[t : t + chunk]   (generated)
-    frame 4  agent-view image at t + chunk   (generated: the future observation)
+    frame 4  agent-view image at t + chunk   (generated: the future observation, at 1 / future_pool resolution)
 
 Image latents are downsampled pixels: an `[3, S, S]` image (normalised per colour) is space-to-depth folded by
 `pixel_block` into `[C = 3 * pixel_block^2, S / pixel_block, S / pixel_block]` (no autoencoder to train or
@@ -84,9 +84,8 @@ class WorldActionModel(
         future_loss_weight: weight of the future-frame denoising loss beside the action loss.
         num_inference_steps: Euler steps of `sample`.
         prediction_type: what the backbone outputs: `"velocity"` (`e - x_0`, the default) or `"sample"` (the clean
-            frames `x_0`). A latent token has more channels than these small transformers are wide (192 against
-            64-96); both are computed on the generated tokens (see the module docstring). Sampling and the loss
-            are the same rectified flow either way.
+            frames `x_0`), both on the generated tokens (see the module docstring). Sampling and the loss are the
+            same rectified flow either way.
     """
 
     def __init__(
