@@ -114,17 +114,32 @@ class ExactWAM(WorldActionModel):
         return torch.cat([hidden_states[:, :, :3], self.generated_frames(answer)], dim=2)
 
 
+@pytest.mark.parametrize("future_residual", [True, False])
 @pytest.mark.parametrize("prediction_type", ["sample", "velocity"])
-def test_sampler_and_loss_match_the_parameterisation(prediction_type):
+def test_sampler_and_loss_match_the_parameterisation(prediction_type, future_residual):
     batch = ChunkDataset(fake_episodes()).batch(torch.arange(4))
-    target = tiny_wam("cosmos").generated_tokens(batch)
+    target = tiny_wam("cosmos", future_residual=future_residual).generated_tokens(batch)
+    kwargs = {**TINY_DEFAULTS, "backbone": "cosmos", "prediction_type": prediction_type}
     torch.manual_seed(1)
-    wam = ExactWAM(target, **{**TINY_DEFAULTS, "backbone": "cosmos", "prediction_type": prediction_type})
+    wam = ExactWAM(target, future_residual=future_residual, **kwargs)
     # Rectified flow from any noise lands exactly on the data when the prediction is exact.
     out = sample(wam, wam, batch, num_steps=3, initial_noise=torch.randn_like(target))
     assert torch.allclose(out["latents"], target, atol=1e-4)
     assert torch.allclose(out["actions"][..., :6], batch["action"][..., :6], atol=1e-4)
+    # ... and the future view it decodes is the real one (the change added back to the current view).
+    future = batch["future.images.image"].permute(0, 3, 1, 2).float() / 255
+    assert torch.allclose(out["future_image"], torch.nn.functional.avg_pool2d(future, wam.future_pool), atol=1e-4)
     assert flow_matching_loss(wam, wam, batch)["loss"].item() < 1e-8
+
+
+def test_future_residual_generates_the_change_of_the_view():
+    batch = ChunkDataset(fake_episodes()).batch(torch.arange(4))
+    residual, absolute = tiny_wam("cosmos", future_residual=True), tiny_wam("cosmos", future_residual=False)
+    current = residual.future_tokens(batch["observation.images.image"])
+    change = residual.generated_tokens(batch)[..., 7:]
+    assert torch.allclose(change, absolute.generated_tokens(batch)[..., 7:] - current, atol=1e-6)
+    still = dict(batch, **{"future.images.image": batch["observation.images.image"]})
+    assert residual.generated_tokens(still)[..., 7:].abs().max() < 1e-6  # nothing moved: nothing to generate
 
 
 def test_unknown_prediction_type_is_refused():
@@ -378,3 +393,14 @@ def test_demo_splits_pretrain_the_student_on_its_own_tasks(tmp_path):
     splits = split_datasets(DemoSettings(student_tasks=(4, 5)), data)
     assert sorted(e["task_id"] for e in splits["student"]) == [4, 5]
     assert {e["task_id"] for e in splits["target"]} == {0}
+
+
+def test_demo_reads_the_teacher_block_its_settings_name():
+    from peft_ckt.wam.experiment import DemoSettings, ckt_config, teacher_layer_path
+
+    teacher, student = tiny_wam("wan", num_layers=6), tiny_wam("cosmos")
+    assert teacher_layer_path(DemoSettings(teacher_layer=-1), teacher) == teacher.middle_layer() == "backbone.blocks.2"
+    config = ckt_config(DemoSettings(teacher_layer=4), teacher, student)
+    assert config.teacher_layer == "backbone.blocks.4" and dict(teacher.named_modules())[config.teacher_layer]
+    with pytest.raises(ValueError, match="teacher_layer=6: the teacher has 6 blocks"):
+        teacher_layer_path(DemoSettings(teacher_layer=6), teacher)

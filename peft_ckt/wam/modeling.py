@@ -81,6 +81,9 @@ class WorldActionModel(
             variance like the noise they are mixed with (the role of a VAE's scaling factor).
         future_pool: the generated future view is the agent view average-pooled by this factor (`pixel_block` must be
             a multiple of it): `future_dim = 3 * (pixel_block / future_pool)^2` values per token.
+        future_residual: generate the future view as its change from the current agent view (both pooled), so
+            that a model which learned nothing about motion predicts the current view rather than noise: at these
+            widths the view itself does not fit through the residual stream beside the actions (docs/wam.md).
         future_loss_weight: weight of the future-frame denoising loss beside the action loss.
         num_inference_steps: Euler steps of `sample`.
         prediction_type: what the backbone outputs: `"velocity"` (`e - x_0`, the default) or `"sample"` (the clean
@@ -108,6 +111,7 @@ class WorldActionModel(
         image_mean: Optional[list[float]] = None,
         image_std: Optional[list[float]] = None,
         future_pool: int = 2,
+        future_residual: bool = False,
         future_loss_weight: float = 0.25,
         num_inference_steps: int = 5,
         prediction_type: str = "velocity",
@@ -137,6 +141,7 @@ class WorldActionModel(
         self.future_size = image_size // future_pool
         self.future_dim = 3 * (pixel_block // future_pool) ** 2
         self.generated_dim = ACTION_DIM + self.future_dim
+        self.future_residual = future_residual
         self.future_loss_weight = future_loss_weight
         self.num_inference_steps = num_inference_steps
         self.prediction_type = prediction_type
@@ -287,9 +292,12 @@ class WorldActionModel(
         folded = F.pixel_unshuffle(pooled, self.pixel_block // self.future_pool)
         return folded.flatten(2).transpose(1, 2)
 
-    def future_image(self, tokens: torch.Tensor) -> torch.Tensor:
+    def future_image(self, tokens: torch.Tensor, current: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Inverse of `future_tokens`: `[B, n_tokens, future_dim]` -> `[B, 3, S', S']` in [0, 1], `S' = S /
-        future_pool`."""
+        future_pool`. With `current` (the current agent view, as `future_tokens` takes it) the tokens are read as
+        the change from it (`future_residual`)."""
+        if current is not None:
+            tokens = tokens + self.future_tokens(current)
         folded = tokens.transpose(1, 2).reshape(tokens.shape[0], self.future_dim, self.latent_side, self.latent_side)
         return self._pixels(F.pixel_shuffle(folded, self.pixel_block // self.future_pool))
 
@@ -337,9 +345,13 @@ class WorldActionModel(
     # ------------------------------------------------------------------ generated tokens <-> frames
     def generated_tokens(self, batch: dict[str, Any]) -> torch.Tensor:
         """What is generated, from a training batch: `[B, n_tokens, 7 + future_dim]` (the normalised action chunk,
-        one step per token, beside the pooled future view)."""
+        one step per token, beside the pooled future view, or its change from the current view with
+        `future_residual`)."""
         actions = (batch["action"] - self.action_mean) / self.action_std
-        return torch.cat([actions, self.future_tokens(batch["future.images.image"])], dim=-1)
+        future = self.future_tokens(batch["future.images.image"])
+        if self.future_residual:
+            future = future - self.future_tokens(batch["observation.images.image"])
+        return torch.cat([actions, future], dim=-1)
 
     def generated_frames(self, tokens: torch.Tensor) -> torch.Tensor:
         """`[B, n_tokens, 7 + future_dim]` -> frames 3-4 `[B, C, 2, h, w]` (each part tiled over the channels)."""
@@ -481,7 +493,9 @@ def sample(
         x = x + (levels[i + 1] - levels[i]) * predicted
     return {
         "actions": wam._actions(x[..., :ACTION_DIM]),
-        "future_image": wam.future_image(x[..., ACTION_DIM:]),
+        "future_image": wam.future_image(
+            x[..., ACTION_DIM:], batch["observation.images.image"] if wam.future_residual else None
+        ),
         "latents": x,
     }
 
