@@ -69,7 +69,7 @@ class DemoSettings:
     head_dim: int = 32
     text_dim: int = 32
     future_pool: int = 2  # the generated future view at image_size / 2 (WorldActionModel's future_pool)
-    future_residual: bool = False  # True: the future view generated as its change from the current one
+    future_residual: bool = True  # the future view generated as its change from the current one
     # Training.
     batch_size: int = 32
     teacher_steps: int = 1200

@@ -111,7 +111,7 @@ class WorldActionModel(
         image_mean: Optional[list[float]] = None,
         image_std: Optional[list[float]] = None,
         future_pool: int = 2,
-        future_residual: bool = False,
+        future_residual: bool = True,
         future_loss_weight: float = 0.25,
         num_inference_steps: int = 5,
         prediction_type: str = "velocity",
