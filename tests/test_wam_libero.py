@@ -89,3 +89,9 @@ def test_demo_evaluation_appends_episodes_and_resumes(tmp_path):
     assert sorted((key(r), r["steps"], r["success"]) for r in again) == sorted(
         (key(r), r["steps"], r["success"]) for r in rows
     )
+    # More episodes per condition keep the recorded ones and run the new init states only; fewer report a subset.
+    more = evaluate_policies(dataclasses.replace(settings, eval_episodes=2), policies, out, progress=False)
+    log = (out / "episodes.jsonl").read_text().splitlines()
+    assert len(more) == 16 and len(log) == 16 and log[:8] == resumed
+    assert {r["init_index"] for r in more} == {settings.eval_init_offset, settings.eval_init_offset + 1}
+    assert len(evaluate_policies(settings, policies, out, progress=False)) == 8

@@ -478,7 +478,9 @@ def evaluate_policies(settings: DemoSettings, policies: dict[str, str], out: Pat
 
     # Through JSON, as it is stored (tuples become lists), so that a resumed run recognises its own config. The
     # policies are not part of it: an episode is reused when its policy folder (named by the policy's settings) is
-    # still one of the policies, so adding the ablation rows keeps the episodes of the others.
+    # still one of the policies, so adding the ablation rows keeps the episodes of the others. Nor are the tasks and
+    # the episode count: every row names its task and init state, so `--eval-episodes 4` after a 2-episode run runs
+    # the 2 new init states only, and the report counts the episodes the settings ask for.
     config = json.loads(json.dumps({"settings": _eval_key(settings)}))
     recorded, log = open_episode_log(out, config, "auto")
     by_spec = {spec: name for name, spec in policies.items()}
@@ -513,7 +515,14 @@ def evaluate_policies(settings: DemoSettings, policies: dict[str, str], out: Pat
                 row = {**result, "policy_name": by_spec[result["policy"]]}
                 done[(row["policy"], row["task_id"], row["perturbation"], row["init_index"])] = row
                 log.append(row)
-    return [{**row, "policy_name": by_spec[row["policy"]]} for row in done.values() if row["policy"] in by_spec]
+    wanted = {
+        (task, settings.eval_init_offset + k) for task in settings.eval_tasks for k in range(settings.eval_episodes)
+    }
+    return [
+        {**row, "policy_name": by_spec[row["policy"]]}
+        for row in done.values()
+        if row["policy"] in by_spec and (row["task_id"], row["init_index"]) in wanted
+    ]
 
 
 def _run_episode(job) -> dict[str, Any]:
@@ -529,8 +538,6 @@ def _eval_key(settings: DemoSettings) -> dict[str, Any]:
         "severity",
         "seed",
         "image_size",
-        "eval_tasks",
-        "eval_episodes",
         "eval_init_offset",
         "eval_max_steps",
         "n_action_steps",
