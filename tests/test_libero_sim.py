@@ -94,6 +94,23 @@ def test_visual_perturbations_change_the_image(env, baseline, kind):
     assert np.allclose(first["observation.state"], baseline["observation.state"], atol=1e-3)
 
 
+def test_recording_frames_leaves_the_policys_noisy_views_unchanged(env):
+    """Video frames draw their sensor noise from their own stream: an episode recorded with `--video` shows the
+    policy the same noisy images, and so replays the episode evaluated without it."""
+    from peft_ckt.libero.perturbations import Perturbation
+
+    env.perturbation = Perturbation("noise", 3)
+    try:
+        plain = [env.reset(0)["observation.images.image"], env.render_observation()["observation.images.image"]]
+        first = env.reset(0)["observation.images.image"]
+        recorded = env.render("image", for_record=True)
+        second = env.render_observation()["observation.images.image"]
+    finally:
+        env.perturbation = Perturbation("none")
+    assert np.array_equal(first, plain[0]) and np.array_equal(second, plain[1])
+    assert not np.array_equal(recorded, second)  # a noisy frame of its own, not a copy
+
+
 def test_robot_perturbation_moves_the_arm(env, baseline):
     from peft_ckt.libero.perturbations import Perturbation
 

@@ -107,6 +107,7 @@ class LiberoEnv:
             self._apply_fast_render()
         self._perturber = ScenePerturber(self._env.env)
         self._rng = np.random.default_rng(seed)
+        self._record_rng = np.random.default_rng([seed, 1])
         self.instruction = self.task.language
         self.init_index: int | None = None
         self.num_steps = 0
@@ -150,9 +151,11 @@ class LiberoEnv:
         self._perturber.restore()
         self._env.set_init_state(init_state)
         kind, severity = self.perturbation.kind, self.perturbation.severity
-        self._rng = np.random.default_rng(
-            episode_seed(self.seed, self.task.suite, self.task.task_id, init_index, kind, severity)
-        )
+        seed = episode_seed(self.seed, self.task.suite, self.task.task_id, init_index, kind, severity)
+        self._rng = np.random.default_rng(seed)
+        # Frames rendered only to be kept (videos) draw their sensor noise from their own stream: recording an
+        # episode must not change what the policy sees.
+        self._record_rng = np.random.default_rng([seed, 1])
         self.instruction = self.task.language
         if kind == "language":
             self.instruction = rewrite_instruction(self.task.language, severity, self._rng)
@@ -198,13 +201,18 @@ class LiberoEnv:
         return self._success
 
     # ------------------------------------------------------------------ observations
-    def render(self, camera: str = "image") -> np.ndarray:
-        """Render one camera upright, `[H, W, 3]` uint8, with the active sensor-noise perturbation."""
+    def render(self, camera: str = "image", for_record: bool = False) -> np.ndarray:
+        """Render one camera upright, `[H, W, 3]` uint8, with the active sensor-noise perturbation.
+
+        `for_record=True` for a frame that is only kept (a video): its noise comes from a separate random stream,
+        so the observations the policy gets are the same whether the episode is recorded or not.
+        """
         height, width = self.image_size
         frame = self.sim.render(width=width, height=height, camera_name=CAMERAS[camera])
         frame = np.ascontiguousarray(frame[::-1])  # OpenGL rows run bottom-up
         if self.perturbation.kind == "noise":
-            frame = apply_image_noise(frame, self.perturbation.severity, self._rng)
+            rng = self._record_rng if for_record else self._rng
+            frame = apply_image_noise(frame, self.perturbation.severity, rng)
         return frame
 
     def render_observation(self) -> dict[str, Any]:

@@ -112,13 +112,14 @@ def play_episode(
         if lazy_render and policy.needs_observation():
             observation = env.render_observation()
         if record:
-            frames.append(observation.get("observation.images.image") if render_every_step else env.render("image"))
+            kept = observation.get("observation.images.image") if render_every_step else None
+            frames.append(kept if kept is not None else env.render("image", for_record=True))
         observation, _, terminated, truncated, info = env.step(np.asarray(policy.select_action(observation)))
         success = bool(info["is_success"])
         if terminated or truncated:
             break
     if record:
-        frames.append(env.render("image"))
+        frames.append(env.render("image", for_record=True))
     return success, frames
 
 
