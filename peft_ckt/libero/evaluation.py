@@ -112,14 +112,14 @@ def play_episode(
         if lazy_render and policy.needs_observation():
             observation = env.render_observation()
         if record:
-            kept = observation.get("observation.images.image") if render_every_step else None
-            frames.append(kept if kept is not None else env.render("image", for_record=True))
+            kept = observation.get("observation.images.image") if render_every_step else env.render("image", True)
+            frames.append(kept)
         observation, _, terminated, truncated, info = env.step(np.asarray(policy.select_action(observation)))
         success = bool(info["is_success"])
         if terminated or truncated:
             break
     if record:
-        frames.append(env.render("image", for_record=True))
+        frames.append(env.render("image", for_record=True))  # noise of its own: the policy's stream is untouched
     return success, frames
 
 

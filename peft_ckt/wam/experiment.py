@@ -7,8 +7,8 @@ keyed by its settings (a second run skips what is done; an interrupted one resum
 2. Pretrain the teacher (Wan backbone, wider and deeper) on broad data: the evaluated tasks, clean scenes plus
    demonstrations under each of the seven LIBERO-Plus perturbations. Pretrain the student (Cosmos backbone) on
    narrow data: clean scenes only, of other tasks (`student_tasks`). Both are then frozen.
-3. Train student+CKT (teacher layer in the middle of the teacher) and student+LoRA (at least CKT's trainable
-   budget) on the same small target set of clean demonstrations.
+3. Train student+CKT (on the teacher block `teacher_layer`: 4 of 6 by default, -1 for the middle one) and
+   student+LoRA (at least CKT's trainable budget) on the same small target set of clean demonstrations.
 4. Evaluate teacher, student, student+LoRA and student+CKT in LIBERO, clean and under the seven perturbations, with
    the same init states and seeds for every policy; every episode is appended to `episodes.jsonl` as it ends.
 5. Score every model offline on a fixed held-out set of demonstrations beside trivial predictors, and write
@@ -606,13 +606,13 @@ def offline_metrics(models: dict[str, Any], heldout: dict[str, Any], train_stats
 
     def run_split(split: str, dataset) -> None:
         batches = list(held_out_batches(dataset, max_samples=settings.heldout_samples, batch_size=128))
+        truths = [pooled(b["future.images.image"].permute(0, 3, 1, 2).float().div(255.0)) for b in batches]
 
         def score(name, predict):
             action_err = frame_err = 0.0
             count = 0
-            for index, batch in enumerate(batches):
+            for index, (batch, truth) in enumerate(zip(batches, truths)):
                 actions, frames = predict(batch, index)
-                truth = pooled(batch["future.images.image"].permute(0, 3, 1, 2).float().div(255.0))
                 if actions is not None:
                     action_err += (actions - batch["action"]).pow(2).mean(dim=(1, 2)).sum().item()
                 frame_err += (pooled(frames) - truth).pow(2).mean(dim=(1, 2, 3)).sum().item()

@@ -320,9 +320,12 @@ class WorldActionModel(
         normalised = (state - self.state_mean) / self.state_std
         return self._tile(normalised[:, None].expand(-1, self.tokens_per_frame, -1))
 
+    def _normalised_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        return (actions - self.action_mean) / self.action_std
+
     def action_frame(self, actions: torch.Tensor) -> torch.Tensor:
         """`[B, chunk, 7]` -> `[B, C, h, w]` (normalised; step i on token i)."""
-        return self._tile((actions - self.action_mean) / self.action_std)
+        return self._tile(self._normalised_actions(actions))
 
     def actions_from_frame(self, frame: torch.Tensor) -> torch.Tensor:
         """`[B, C, h, w]` -> `[B, chunk, 7]` actions in [-1, 1], the gripper snapped to {-1, 1}."""
@@ -347,7 +350,7 @@ class WorldActionModel(
         """What is generated, from a training batch: `[B, n_tokens, 7 + future_dim]` (the normalised action chunk,
         one step per token, beside the pooled future view, or its change from the current view with
         `future_residual`)."""
-        actions = (batch["action"] - self.action_mean) / self.action_std
+        actions = self._normalised_actions(batch["action"])
         future = self.future_tokens(batch["future.images.image"])
         if self.future_residual:
             future = future - self.future_tokens(batch["observation.images.image"])
