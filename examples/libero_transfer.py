@@ -1,6 +1,6 @@
 """The main experiment: CKT from a teacher world action model into a student on LIBERO, clean and perturbed.
 
-    python examples/libero_transfer.py                 # the full run (`make demo`), ~24 min on 2 CPU cores
+    python examples/libero_transfer.py                 # the full run (`make demo`), ~30 min on 2 CPU cores
     python examples/libero_transfer.py --quick         # every stage at the smallest counts (`make demo QUICK=1`)
     python examples/libero_transfer.py --ablations     # + the paper's CKT ablations (`make demo ABLATIONS=1`)
 

@@ -222,6 +222,37 @@ def test_eval_libero_cli_policy_folder_under_perturbation(tmp_path):
     assert len(frames) == 6 and frames[0].shape == (32, 32, 3)  # 5 steps + the final frame
 
 
+def test_eval_libero_n_action_steps_overrides_the_policys_own(tmp_path):
+    from dataclasses import replace
+
+    from peft_ckt.commands import main
+    from peft_ckt.libero import parallel
+    from peft_ckt.libero.evaluation import EpisodeJob, run_episode
+    from peft_ckt.libero.mlp_policy import StateMLPPolicy
+
+    StateMLPPolicy(hidden_dim=8, chunk_size=4, n_action_steps=4).save_pretrained(tmp_path / "policy")
+    for steps in (None, 1):
+        out = tmp_path / f"eval-{steps}"
+        flag = [] if steps is None else ["--n-action-steps", str(steps)]
+        code = main(
+            ["eval-libero", "--suite", "libero_object", "--tasks", "0", "--episodes", "1", "--policy",
+             str(tmp_path / "policy"), "--max-steps", "3", "--workers", "0", "--output", str(out), "--no-progress",
+             *flag]
+        )  # fmt: skip
+        assert code == 0
+        config = json.loads((out / "eval_config.json").read_text())
+        assert config.get("n_action_steps") == steps  # part of what a --resume must match
+    # The episode's policy plays the override; the same folder without one is the policy's own setting again.
+    job = EpisodeJob("libero_object", 0, 0, "none", 3, str(tmp_path / "policy"), 32, 0, 2, None, n_action_steps=1)
+    try:
+        for override, expected in ((1, 1), (None, 4)):
+            assert run_episode(replace(job, n_action_steps=override)).steps == 2
+            policy = parallel._POLICY_CACHE["policy"]
+            assert isinstance(policy, StateMLPPolicy) and policy.n_action_steps == expected
+    finally:
+        parallel.close_cached()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -230,6 +261,7 @@ def test_eval_libero_cli_policy_folder_under_perturbation(tmp_path):
         (["--policy", "no/such/folder"], "policy folder with config.json"),
         (["--init-offset", "49", "--episodes", "2"], "50 init states per task"),
         (["--episodes", "51"], "50 init states per task"),
+        (["--n-action-steps", "0"], "--n-action-steps must be >= 1"),
     ],
 )
 def test_eval_libero_cli_rejects_bad_arguments(tmp_path, args, message):

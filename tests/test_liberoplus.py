@@ -163,6 +163,8 @@ def test_eval_libero_official_cli_and_resume(tmp_path, capsys):
         main(argv)
     with pytest.raises(SystemExit, match="--severity"):
         main([*argv, "--severity", "2"])
+    with pytest.raises(SystemExit, match="--n-action-steps must be >= 1"):
+        main([*argv, "--n-action-steps", "0"])
     with pytest.raises(SystemExit, match="need\\(s\\) --benchmark libero-plus"):
         main(["eval-libero", "--suite", "libero_object", "--limit-per-dimension", "1", "--output", str(out)])
     capsys.readouterr()

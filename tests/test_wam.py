@@ -395,6 +395,27 @@ def test_demo_splits_pretrain_the_student_on_its_own_tasks(tmp_path):
     assert {e["task_id"] for e in splits["target"]} == {0}
 
 
+def test_each_stage_is_keyed_by_its_own_demonstrations():
+    """A stage's cache key names the episodes it trains on: the teacher's does not move when the student's set
+    does, the adapters' moves with the target count, and the order the episodes are read in does not matter."""
+    from peft_ckt.wam.experiment import DemoSettings, episodes_key
+
+    def episodes(*rows):
+        return [
+            {"task_id": t, "init_index": i, "perturbation": k, "task": f"task {t}", "action": np.zeros((5, 7))}
+            for t, i, k in rows
+        ]
+
+    settings = DemoSettings()
+    teacher = episodes((0, 0, "none"), (0, 1, "none"), (0, 2, "light"))
+    key = episodes_key(settings, teacher)
+    assert episodes_key(settings, list(reversed(teacher))) == key
+    assert episodes_key(DemoSettings(student_tasks=(), target_episodes=1), teacher) == key
+    assert episodes_key(settings, teacher[:2]) != key  # another target count: other demonstrations
+    assert episodes_key(settings, episodes((0, 0, "none"), (0, 1, "none"), (0, 2, "noise"))) != key
+    assert episodes_key(DemoSettings(image_size=64), teacher) != key  # collected differently
+
+
 def test_demo_reads_the_teacher_block_its_settings_name():
     from peft_ckt.wam.experiment import DemoSettings, ckt_config, teacher_layer_path
 

@@ -27,6 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--video", action="store_true", help="write an MP4 of every episode (agent view)")
     parser.add_argument(
+        "--n-action-steps",
+        type=int,
+        default=None,
+        help="actions played from each predicted chunk before the policy predicts again (default: the policy's own)",
+    )
+    parser.add_argument(
         "--trust-remote-code",
         action="store_true",
         help="let the policy folder name a class outside diffusers/transformers/peft_ckt (policy_class, or a CKT "
@@ -117,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
     if given:
         raise SystemExit(f"eval-libero: error: {', '.join(given)} need(s) --benchmark libero-plus")
     check_episode_arguments("eval-libero", args)
+    if args.n_action_steps is not None and args.n_action_steps < 1:
+        raise SystemExit(f"eval-libero: error: --n-action-steps must be >= 1; got {args.n_action_steps}")
     from peft_ckt.libero.policy import check_policy_spec
 
     try:  # before the simulator import: nothing of the policy's is imported here
@@ -132,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
             policy=args.policy,
             video=args.video,
             trust_remote_code=args.trust_remote_code,
+            n_action_steps=args.n_action_steps,
             **episode_kwargs(args),
             **backend,
         )
@@ -169,6 +178,8 @@ def run_official(args: argparse.Namespace, backend: dict) -> int:
         problems.append(f"--limit-per-dimension must be >= 1; got {args.limit_per_dimension}")
     if args.max_steps is not None and args.max_steps < 1:
         problems.append(f"--max-steps must be >= 1; got {args.max_steps}")
+    if args.n_action_steps is not None and args.n_action_steps < 1:
+        problems.append(f"--n-action-steps must be >= 1; got {args.n_action_steps}")
     if args.image_size is not None and args.image_size < 8:
         problems.append(f"--image-size must be >= 8 pixels; got {args.image_size}")
     if args.suite == "libero_90":
@@ -208,6 +219,7 @@ def run_official(args: argparse.Namespace, backend: dict) -> int:
             task_classification=args.task_classification,
             progress=not args.no_progress,
             resume=args.resume,
+            n_action_steps=args.n_action_steps,
             **backend,
         )
     except LiberoConfigError as err:

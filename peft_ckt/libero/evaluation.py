@@ -29,6 +29,8 @@ class EpisodeJob:
     max_steps: int | None
     video_dir: str | None
     trust_remote_code: bool = False
+    # Actions played from each predicted chunk before the next prediction (None: the policy's own setting).
+    n_action_steps: int | None = None
 
 
 @dataclass
@@ -46,16 +48,27 @@ class EpisodeResult:
     video: str | None = None
 
 
-def _load_policy(spec: str, trust_remote_code: bool = False):
+def check_n_action_steps(n_action_steps: int | None) -> None:
+    if n_action_steps is not None and (isinstance(n_action_steps, bool) or n_action_steps < 1):
+        raise ValueError(f"n_action_steps must be >= 1 (or None: the policy's own); got {n_action_steps}")
+
+
+def _load_policy(spec: str, trust_remote_code: bool = False, n_action_steps: int | None = None):
     from .policy import load_policy
 
-    return load_policy(spec, trust_remote_code=trust_remote_code)
+    policy = load_policy(spec, trust_remote_code=trust_remote_code)
+    if n_action_steps is not None:
+        policy.n_action_steps = n_action_steps
+    return policy
 
 
 def run_episode(job: EpisodeJob) -> EpisodeResult:
     """One episode in this process (envs and policy cached between calls)."""
 
-    policy = cached_policy(job.policy, lambda: _load_policy(job.policy, job.trust_remote_code))
+    policy = cached_policy(
+        f"{job.policy}|{job.n_action_steps}",
+        lambda: _load_policy(job.policy, job.trust_remote_code, job.n_action_steps),
+    )
     needs_images = bool(getattr(policy, "needs_images", True))
     privileged = bool(getattr(policy, "needs_privileged", False))
     cameras = tuple(getattr(policy, "image_keys", ("image", "wrist_image")))
@@ -279,6 +292,7 @@ def evaluate_libero(
     ray_address: str | None = None,
     ray_gpus_per_worker: float = 0.0,
     trust_remote_code: bool = False,
+    n_action_steps: int | None = None,
 ) -> dict[str, Any]:
     """Run `episodes` episodes per task and perturbation (init states `init_offset..`), write the reports.
 
@@ -288,10 +302,12 @@ def evaluate_libero(
     folder that already holds recorded episodes is refused. At the end, writes `output_dir/results.json`,
     `results.md`, `success_rates.png` and, with `video`, `videos/*.mp4`. Returns the content of results.json.
     A policy folder naming a class outside the trusted packages (see `load_policy`) needs `trust_remote_code=True`.
+    `n_action_steps` overrides how many actions of each predicted chunk the policy plays before predicting again.
     """
     from .suites import SUITE_MAX_STEPS, num_tasks
 
     try:
+        check_n_action_steps(n_action_steps)
         if suite not in SUITE_MAX_STEPS:
             raise ValueError(f"Unknown suite {suite!r}; expected one of {', '.join(SUITE_MAX_STEPS)}")
         if episodes < 1:
@@ -329,6 +345,8 @@ def evaluate_libero(
         "max_steps": max_steps or SUITE_MAX_STEPS[suite],
         "init_offset": init_offset,
     }
+    if n_action_steps is not None:  # only when given, so that folders written before the option still resume
+        config["n_action_steps"] = n_action_steps
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     video_dir = None
@@ -351,6 +369,7 @@ def evaluate_libero(
             max_steps=max_steps,
             video_dir=str(video_dir) if video_dir else None,
             trust_remote_code=trust_remote_code,
+            n_action_steps=n_action_steps,
         )
         for task_id in task_ids
         for kind in kinds

@@ -46,6 +46,7 @@ class OfficialEpisodeJob:
     max_steps: int | None
     assets: str | None
     video_dir: str | None
+    n_action_steps: int | None = None  # None: the policy's own setting
 
 
 @dataclass
@@ -69,7 +70,9 @@ def run_official_episode(job: OfficialEpisodeJob) -> OfficialEpisodeResult:
 
     configure_liberoplus(job.assets)
     task = get_official_task(job.suite, job.task)
-    policy = cached_policy(job.policy, lambda: _load_policy(job.policy))
+    policy = cached_policy(
+        f"{job.policy}|{job.n_action_steps}", lambda: _load_policy(job.policy, n_action_steps=job.n_action_steps)
+    )
     needs_images = bool(getattr(policy, "needs_images", True))
     privileged = bool(getattr(policy, "needs_privileged", False))
     cameras = tuple(getattr(policy, "image_keys", ("image", "wrist_image")))
@@ -304,6 +307,7 @@ def evaluate_liberoplus(
     backend: str = "process",
     ray_address: str | None = None,
     ray_gpus_per_worker: float = 0.0,
+    n_action_steps: int | None = None,
 ) -> dict[str, Any]:
     """Run the official tasks of `suite` (all, or the first `limit_per_dimension` per dimension in the benchmark's
     order), `episodes` per task from init states 0.. (official: 1), and write the reports to `output_dir`.
@@ -312,10 +316,11 @@ def evaluate_liberoplus(
     (`summary`: the seven columns, the Total over what ran, not-runnable counts per column), `results.md` and
     `success_rates.png`. Returns the content of results.json.
     """
-    from .evaluation import _policy_spec
+    from .evaluation import _policy_spec, check_n_action_steps
     from .suites import SUITE_MAX_STEPS
 
     try:
+        check_n_action_steps(n_action_steps)
         if suite not in OFFICIAL_SUITES:
             raise ValueError(f"LIBERO-Plus has no suite {suite!r}; expected one of {', '.join(OFFICIAL_SUITES)}")
         chosen = list(DIMENSIONS) if not dimensions else list(dict.fromkeys(dimensions))
@@ -365,6 +370,8 @@ def evaluate_liberoplus(
         "max_steps": max_steps or SUITE_MAX_STEPS[suite],
         "assets": str(paths.assets),
     }
+    if n_action_steps is not None:
+        config["n_action_steps"] = n_action_steps
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     video_dir = None
@@ -384,6 +391,7 @@ def evaluate_liberoplus(
             max_steps=max_steps,
             assets=assets_path,
             video_dir=str(video_dir) if video_dir else None,
+            n_action_steps=n_action_steps,
         )
         for task in runnable
         for k in range(episodes)

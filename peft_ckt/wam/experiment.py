@@ -288,7 +288,18 @@ def build_wam(settings: DemoSettings, role: str, episodes: list[dict[str, Any]])
     )
 
 
-def pretrain_stage(settings: DemoSettings, cache: Path, role: str, episodes: list[dict[str, Any]], data_key: str):
+def episodes_key(settings: DemoSettings, episodes: list[dict[str, Any]]) -> str:
+    """Names exactly the demonstrations a stage trains on (with how they were collected), so a stage's cache key
+    changes with its own data only: a new student set does not retrain the teacher, a new target count does retrain
+    the adapters."""
+    names = sorted(
+        (e.get("task_id"), e.get("init_index"), e.get("perturbation"), e["task"], len(e["action"])) for e in episodes
+    )
+    collection = settings.key("suite", "image_size", "image_stride", "severity", "seed")
+    return hashlib.sha1(json.dumps([collection, names], default=str).encode()).hexdigest()[:8]
+
+
+def pretrain_stage(settings: DemoSettings, cache: Path, role: str, episodes: list[dict[str, Any]]):
     """Pretrain (or load the cached) teacher / student WAM; returns `(model, training result dict)`."""
     from .data import ChunkDataset
     from .modeling import WorldActionModel
@@ -305,7 +316,9 @@ def pretrain_stage(settings: DemoSettings, cache: Path, role: str, episodes: lis
         f"{role}_steps",
         f"{role}_lr",
     ]
-    final = cache / "models" / f"{role}-{settings.key(*fields, 'seed', 'image_size')}-{data_key}"
+    final = (
+        cache / "models" / f"{role}-{settings.key(*fields, 'seed', 'image_size')}-{episodes_key(settings, episodes)}"
+    )
     if (final / "model.safetensors").is_file():
         _log(f"{role}: cached ({final})")
         return WorldActionModel.from_pretrained(final), json.loads((final / "training.json").read_text())
@@ -395,9 +408,7 @@ def lora_config(settings: DemoSettings, student, budget: int):
     return LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS, lora_dropout=0.0)
 
 
-def adapter_stage(
-    settings, cache, kind, teacher, student_path, target_episodes, data_key, budget=None, ablation: str = "full"
-):
+def adapter_stage(settings, cache, kind, teacher, student_path, target_episodes, budget=None, ablation: str = "full"):
     """Train (or load) the CKT or LoRA adapter on the frozen student; returns `(folder, record)`.
 
     `ablation` (CKT only) names one of `peft_ckt.ablations.PAPER_ABLATIONS` ("full": the method as specified).
@@ -426,7 +437,8 @@ def adapter_stage(
     ]
     tag = kind if ablation == "full" else f"{kind}-{ablation}"
     label = f"student+{kind}" if ablation == "full" else ablation_policy(ablation)
-    final = cache / "adapters" / f"{tag}-{settings.key(*fields)}-{data_key}-{Path(student_path).name}"
+    data = episodes_key(settings, target_episodes)
+    final = cache / "adapters" / f"{tag}-{settings.key(*fields)}-{data}-{Path(student_path).name}"
     if (final / "adapter_config.json").is_file():
         _log(f"{label}: cached ({final})")
         return final, json.loads((final / "training.json").read_text())
@@ -506,6 +518,7 @@ def evaluate_policies(settings: DemoSettings, policies: dict[str, str], out: Pat
                             seed=settings.seed,
                             max_steps=settings.eval_max_steps,
                             video_dir=None,
+                            n_action_steps=settings.n_action_steps,
                         )
                     )
     with log:
@@ -777,7 +790,7 @@ def record_gif(settings: DemoSettings, policies: dict[str, str], rows: list[dict
         job = EpisodeJob(
             suite=settings.suite, task_id=task, init_index=init, perturbation=kind, severity=settings.severity,
             policy=policies[name], image_size=settings.image_size, seed=settings.seed,
-            max_steps=settings.eval_max_steps, video_dir=str(video_dir),
+            max_steps=settings.eval_max_steps, video_dir=str(video_dir), n_action_steps=settings.n_action_steps,
         )  # fmt: skip
         try:
             result = run_episode(job)
@@ -868,24 +881,23 @@ def run_demo(settings: DemoSettings, output: str | os.PathLike, cache: Optional[
     t = time.perf_counter()
     data = collect_all(settings, cache)
     splits = split_datasets(settings, data)
-    data_key = hashlib.sha1("".join(str(p) for p in data.values()).encode()).hexdigest()[:8]
     timing["collect"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    teacher, teacher_record = pretrain_stage(settings, cache, "teacher", splits["teacher"], data_key)
-    student, student_record = pretrain_stage(settings, cache, "student", splits["student"], data_key)
+    teacher, teacher_record = pretrain_stage(settings, cache, "teacher", splits["teacher"])
+    student, student_record = pretrain_stage(settings, cache, "student", splits["student"])
     teacher.requires_grad_(False)
     student_path = student.name_or_path
     timing["pretrain"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    ckt_path, ckt_record = adapter_stage(settings, cache, "ckt", teacher, student_path, splits["target"], data_key)
+    ckt_path, ckt_record = adapter_stage(settings, cache, "ckt", teacher, student_path, splits["target"])
     lora_path, lora_record = adapter_stage(
-        settings, cache, "lora", None, student_path, splits["target"], data_key, budget=ckt_record["trainable_params"]
+        settings, cache, "lora", None, student_path, splits["target"], budget=ckt_record["trainable_params"]
     )
     ablated = {
         ablation_policy(name): adapter_stage(
-            settings, cache, "ckt", teacher, student_path, splits["target"], data_key, ablation=name
+            settings, cache, "ckt", teacher, student_path, splits["target"], ablation=name
         )
         for name in settings.ablations
     }
