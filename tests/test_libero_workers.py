@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,9 @@ SCRIPT = textwrap.dedent(
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks for the stacks if this hangs
 
     def sleepy(job):
-        print(f"worker {os.getpid()}", flush=True)
+        # One write per line (a pipe write under PIPE_BUF is atomic): print() may write the text and its newline
+        # separately, and the two workers' lines then interleave.
+        os.write(1, f"worker {os.getpid()}\n".encode())
         time.sleep(120)
         return job
 
@@ -72,8 +75,7 @@ def test_workers_die_with_their_parent(tmp_path, sig):
     deadline = time.monotonic() + 120
     while len(workers) < 2 and time.monotonic() < deadline:
         line = parent.stdout.readline()
-        if line.startswith("worker "):
-            workers.append(int(line.split()[1]))
+        workers += [int(pid) for pid in re.findall(r"worker (\d+)", line)]
     assert len(workers) == 2, "the workers did not start"
     parent.send_signal(sig)
     try:
