@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent(
     def sleepy(job):
         # One write per line (a pipe write under PIPE_BUF is atomic): print() may write the text and its newline
         # separately, and the two workers' lines then interleave.
-        os.write(1, f"worker {os.getpid()}\n".encode())
+        os.write(1, f"worker {os.getpid()}\\n".encode())
         time.sleep(120)
         return job
 
