@@ -29,6 +29,13 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=None, help="episodes per task and condition")
     parser.add_argument("--eval-tasks", default=None, help="comma-separated libero_object task ids to evaluate")
     parser.add_argument("--workers", type=int, default=None, help="simulation worker processes")
+    parser.add_argument(
+        "--adapter-seed",
+        type=int,
+        default=None,
+        help="retrain both adapters with another seed (initial weights, batches, noise) on the same cached teacher, "
+        "student and data; give another --output and the same --cache to keep both reports",
+    )
     args = parser.parse_args()
     settings = DemoSettings.quick() if args.quick else DemoSettings()
     changes = {}
@@ -48,6 +55,10 @@ def main() -> None:
         changes["ablations"] = ABLATIONS
     if args.workers is not None:
         changes["workers"] = max(0, args.workers)
+    if args.adapter_seed is not None:
+        if args.adapter_seed < 0:
+            parser.error(f"--adapter-seed must be >= 0; got {args.adapter_seed}")
+        changes["adapter_seed"] = args.adapter_seed
     report = run_demo(dataclasses.replace(settings, **changes), args.output, args.cache)
     print(open(f"{args.output}/report.md").read())
     print(f"Report, plots and GIF in {args.output}/ ({report['timing']['total'] / 60:.1f} min).")

@@ -6,6 +6,7 @@ arrays with the LIBERO shapes (the LIBERO rollout through `eval-libero` is in te
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -425,3 +426,29 @@ def test_demo_reads_the_teacher_block_its_settings_name():
     assert config.teacher_layer == "backbone.blocks.4" and dict(teacher.named_modules())[config.teacher_layer]
     with pytest.raises(ValueError, match="teacher_layer=6: the teacher has 6 blocks"):
         teacher_layer_path(DemoSettings(teacher_layer=6), teacher)
+
+
+def test_demo_adapters_do_not_depend_on_what_the_process_did_before(tmp_path):
+    """The adapter stage seeds its adapter's initial weights: the same settings give the same adapter whatever the
+    process drew from the global generator before (a cached teacher loaded instead of trained); another
+    `adapter_seed` gives another one."""
+    from safetensors.torch import load_file
+
+    from peft_ckt.wam.experiment import DemoSettings, adapter_stage
+
+    student = tiny_wam("cosmos")
+    student.save_pretrained(tmp_path / "student")
+    episodes = fake_episodes(num=2, length=20)
+    settings = DemoSettings(adapter_steps=2, batch_size=2, lora_rank=2)
+
+    def trained(cache: str, noise_drawn: int, **changes):
+        torch.rand(noise_drawn)  # what the process drew before
+        path, _ = adapter_stage(
+            dataclasses.replace(settings, **changes), tmp_path / cache, "lora", None, str(tmp_path / "student"), episodes
+        )
+        return load_file(str(path / "adapter_model.safetensors"))
+
+    first, second = trained("a", 0), trained("b", 12_345)
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    other = trained("c", 0, adapter_seed=1)
+    assert any(not torch.equal(first[k], other[k]) for k in first)

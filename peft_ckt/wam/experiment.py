@@ -91,6 +91,9 @@ class DemoSettings:
     adapter_dropout: float = 0.0  # on the adapters' projected teacher tokens
     attention_dropout: float = 0.0  # on the learnable queries' attention weights
     lora_rank: int = 0  # 0: the smallest rank whose budget is at least CKT's
+    # Seed of the adapters' initial weights, batches and noise: another value retrains both adapters from scratch
+    # on the same student, teacher and data (how much a retraining moves the rollouts).
+    adapter_seed: int = 0
     # Evaluation.
     eval_tasks: tuple[int, ...] = (0, 1, 2, 3)
     eval_episodes: int = 2
@@ -434,6 +437,7 @@ def adapter_stage(settings, cache, kind, teacher, student_path, target_episodes,
         "adapter_dropout",
         "lora_rank",
         "seed",
+        "adapter_seed",
     ]
     tag = kind if ablation == "full" else f"{kind}-{ablation}"
     label = f"student+{kind}" if ablation == "full" else ablation_policy(ablation)
@@ -443,6 +447,10 @@ def adapter_stage(settings, cache, kind, teacher, student_path, target_episodes,
         _log(f"{label}: cached ({final})")
         return final, json.loads((final / "training.json").read_text())
     student = WorldActionModel.from_pretrained(student_path)
+    # The adapter's initial weights come from the global generator: seeded here, so that they do not depend on what
+    # this process built or loaded before (a cached teacher, another adapter trained first).
+    adapter_seed = settings.seed + 1 + 1_000 * settings.adapter_seed
+    torch.manual_seed(adapter_seed)
     if kind == "ckt":
         from ..ablations import ablation_config
 
@@ -463,7 +471,7 @@ def adapter_stage(settings, cache, kind, teacher, student_path, target_episodes,
         steps=settings.adapter_steps,
         batch_size=settings.batch_size,
         learning_rate=getattr(settings, f"{kind}_lr"),
-        seed=settings.seed + 1,
+        seed=adapter_seed,
         teacher=teacher if kind == "ckt" else None,
         checkpoint=cache / "adapters" / f"{final.name}.ckpt",
         desc=f"train {label}",
