@@ -444,7 +444,12 @@ def test_demo_adapters_do_not_depend_on_what_the_process_did_before(tmp_path):
     def trained(cache: str, noise_drawn: int, **changes):
         torch.rand(noise_drawn)  # what the process drew before
         path, _ = adapter_stage(
-            dataclasses.replace(settings, **changes), tmp_path / cache, "lora", None, str(tmp_path / "student"), episodes
+            dataclasses.replace(settings, **changes),
+            tmp_path / cache,
+            "lora",
+            None,
+            str(tmp_path / "student"),
+            episodes,
         )
         return load_file(str(path / "adapter_model.safetensors"))
 
