@@ -62,13 +62,15 @@ def _load_policy(spec: str, trust_remote_code: bool = False, n_action_steps: int
     return policy
 
 
+def episode_policy(spec: str, trust_remote_code: bool = False, n_action_steps: int | None = None):
+    """An episode's policy, loaded once per process (cached by its folder and its `n_action_steps` override)."""
+    return cached_policy(f"{spec}|{n_action_steps}", lambda: _load_policy(spec, trust_remote_code, n_action_steps))
+
+
 def run_episode(job: EpisodeJob) -> EpisodeResult:
     """One episode in this process (envs and policy cached between calls)."""
 
-    policy = cached_policy(
-        f"{job.policy}|{job.n_action_steps}",
-        lambda: _load_policy(job.policy, job.trust_remote_code, job.n_action_steps),
-    )
+    policy = episode_policy(job.policy, job.trust_remote_code, job.n_action_steps)
     needs_images = bool(getattr(policy, "needs_images", True))
     privileged = bool(getattr(policy, "needs_privileged", False))
     cameras = tuple(getattr(policy, "image_keys", ("image", "wrist_image")))

@@ -28,7 +28,7 @@ from .liberoplus import (
     list_official_tasks,
     missing_files,
 )
-from .parallel import cached_env, cached_policy, check_backend, run_jobs
+from .parallel import cached_env, check_backend, run_jobs
 from .records import open_episode_log, write_json_atomic
 from .runtime import LiberoConfigError
 
@@ -65,14 +65,12 @@ class OfficialEpisodeResult:
 
 def run_official_episode(job: OfficialEpisodeJob) -> OfficialEpisodeResult:
     """One episode of an official task in this process (env and policy cached between calls)."""
-    from .evaluation import _load_policy, play_episode, write_video
+    from .evaluation import episode_policy, play_episode, write_video
     from .liberoplus import make_env
 
     configure_liberoplus(job.assets)
     task = get_official_task(job.suite, job.task)
-    policy = cached_policy(
-        f"{job.policy}|{job.n_action_steps}", lambda: _load_policy(job.policy, n_action_steps=job.n_action_steps)
-    )
+    policy = episode_policy(job.policy, n_action_steps=job.n_action_steps)
     needs_images = bool(getattr(policy, "needs_images", True))
     privileged = bool(getattr(policy, "needs_privileged", False))
     cameras = tuple(getattr(policy, "image_keys", ("image", "wrist_image")))

@@ -161,6 +161,10 @@ def _collect_named(named_job: tuple[str, Any]) -> dict[str, Any]:
     return {**collect_episode(job), "dataset": name}
 
 
+# The settings every demonstration set is collected under (part of each data folder's and each stage's key).
+COLLECTION_FIELDS = ("suite", "image_size", "image_stride", "severity", "seed")
+
+
 def collect_all(settings: DemoSettings, cache: Path, progress: bool = True) -> dict[str, Path]:
     """The demonstration sets (teacher clean, teacher perturbed, held-out and, with `student_tasks`, the student's),
     collected in one worker pool.
@@ -186,7 +190,7 @@ def collect_all(settings: DemoSettings, cache: Path, progress: bool = True) -> d
     }
     if s.student_tasks:
         specs["student"] = (s.student_tasks, s.student_episodes, ["none"], 0)
-    key = s.key("suite", "image_size", "image_stride", "severity", "seed")
+    key = s.key(*COLLECTION_FIELDS)
     finals = {}
     for name, (tasks, episodes, kinds, offset) in specs.items():
         spec = "all" if kinds == list(PERTURBATION_KINDS) else ",".join(kinds)
@@ -298,7 +302,7 @@ def episodes_key(settings: DemoSettings, episodes: list[dict[str, Any]]) -> str:
     names = sorted(
         (e.get("task_id"), e.get("init_index"), e.get("perturbation"), e["task"], len(e["action"])) for e in episodes
     )
-    collection = settings.key("suite", "image_size", "image_stride", "severity", "seed")
+    collection = settings.key(*COLLECTION_FIELDS)
     return hashlib.sha1(json.dumps([collection, names], default=str).encode()).hexdigest()[:8]
 
 
