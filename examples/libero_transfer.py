@@ -3,6 +3,7 @@
     python examples/libero_transfer.py                 # the full run (`make demo`), ~30 min on 2 CPU cores
     python examples/libero_transfer.py --quick         # every stage at the smallest counts (`make demo QUICK=1`)
     python examples/libero_transfer.py --ablations     # + the paper's CKT ablations (`make demo ABLATIONS=1`)
+    python examples/libero_transfer.py --adapter-seeds 0,1,2,3   # the adapters retrained per seed, pooled
 
 Writes `report.md`, `report.json`, the plots and a GIF into `--output` (default `outputs/demo`); everything it builds
 (demonstrations, pretrained models, adapters, recorded episodes) is cached under `--cache` keyed by its settings, so
@@ -13,6 +14,7 @@ import argparse
 import dataclasses
 
 from peft_ckt.wam.experiment import ABLATIONS, DemoSettings, run_demo
+from peft_ckt.wam.seeds import check_adapter_seeds, run_adapter_seeds
 
 
 def main() -> None:
@@ -35,6 +37,13 @@ def main() -> None:
         default=None,
         help="retrain both adapters with another seed (initial weights, batches, noise) on the same cached teacher, "
         "student and data; give another --output and the same --cache to keep both reports",
+    )
+    parser.add_argument(
+        "--adapter-seeds",
+        default=None,
+        help="comma-separated adapter seeds: the experiment once per seed into OUTPUT/adapter-seed-N/ (one cache, "
+        "one episode log: the teacher and the student are trained and played once), pooled into "
+        "OUTPUT/adapter-seeds.md",
     )
     args = parser.parse_args()
     settings = DemoSettings.quick() if args.quick else DemoSettings()
@@ -59,6 +68,17 @@ def main() -> None:
         if args.adapter_seed < 0:
             parser.error(f"--adapter-seed must be >= 0; got {args.adapter_seed}")
         changes["adapter_seed"] = args.adapter_seed
+    if args.adapter_seeds is not None:
+        if args.adapter_seed is not None:
+            parser.error("give --adapter-seed or --adapter-seeds, not both")
+        try:
+            seeds = check_adapter_seeds(int(s) for s in args.adapter_seeds.split(",") if s.strip())
+        except ValueError as error:
+            parser.error(f"--adapter-seeds {args.adapter_seeds!r}: {error}")
+        run_adapter_seeds(dataclasses.replace(settings, **changes), seeds, args.output, args.cache)
+        print(open(f"{args.output}/adapter-seeds.md").read())
+        print(f"Per-seed reports in {args.output}/adapter-seed-N/.")
+        return
     report = run_demo(dataclasses.replace(settings, **changes), args.output, args.cache)
     print(open(f"{args.output}/report.md").read())
     print(f"Report, plots and GIF in {args.output}/ ({report['timing']['total'] / 60:.1f} min).")

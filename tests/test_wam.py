@@ -457,3 +457,43 @@ def test_demo_adapters_do_not_depend_on_what_the_process_did_before(tmp_path):
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     other = trained("c", 0, adapter_seed=1)
     assert any(not torch.equal(first[k], other[k]) for k in first)
+
+
+def test_adapter_seeds_pool_retrained_policies_and_count_shared_ones_once(tmp_path):
+    from peft_ckt.wam.experiment import PERTURBATION_KINDS, summarize_rollouts
+    from peft_ckt.wam.seeds import adapter_seeds_markdown, check_adapter_seeds, pool_adapter_seeds
+
+    def report(seed, ckt_wins):
+        # 8 episodes per condition; student+ckt wins `ckt_wins` of its 56 perturbed episodes, the student none.
+        policies, offline = {}, {}
+        for name, path in (("student", "models/student"), ("student+ckt", f"adapters/ckt-seed{seed}")):
+            wins = ckt_wins if name == "student+ckt" else 0
+            rows = [{"perturbation": "none", "success": False}] * 8
+            rows += [{"perturbation": kind, "success": False} for kind in PERTURBATION_KINDS for _ in range(8)]
+            rows = [{**r, "success": r["perturbation"] != "none" and i - 8 < wins} for i, r in enumerate(rows)]
+            policies[name] = {**summarize_rollouts(rows), "path": path}
+            offline[name] = {"clean": {"action_mse": 0.1}, "perturbed": {"action_mse": 0.2 + seed}}
+        return {"policies": policies, "offline": offline}
+
+    pooled = pool_adapter_seeds({0: report(0, 5), 3: report(3, 12)})
+    student, ckt = pooled["policies"]["student"], pooled["policies"]["student+ckt"]
+    # The student's folder is the same in both runs: its 56 perturbed episodes count once.
+    assert (
+        not student["retrained"] and student["perturbed"]["episodes"] == 56 and student["perturbed"]["successes"] == 0
+    )
+    # The adapter was retrained: every seed's 56 perturbed episodes count.
+    assert ckt["retrained"] and ckt["perturbed"]["episodes"] == 112 and ckt["perturbed"]["successes"] == 17
+    assert ckt["per_seed"][3]["perturbed"] == [12, 56] and ckt["per_seed"][0]["action_mse"]["perturbed"] == 0.2
+    low, high = ckt["perturbed"]["ci95"]
+    assert 0 < low < 17 / 112 < high < 1
+    table = adapter_seeds_markdown(pooled)
+    assert "| student+ckt | 5/56 (0/8) | 12/56 (0/8) | 17/112 = 15% (" in table
+    assert "| student | 0/56 (0/8) | 0/56 (0/8) | 0/56 = 0% (0-6) | 0/8 |" in table
+    with pytest.raises(ValueError, match="reports policies"):
+        other = report(1, 0)
+        del other["policies"]["student"]
+        pool_adapter_seeds({0: report(0, 1), 1: other})
+    assert check_adapter_seeds([2, 0]) == (2, 0)
+    for bad, message in (([], "at least one"), ([0, -1], ">= 0"), ([1, 1], "differ")):
+        with pytest.raises(ValueError, match=message):
+            check_adapter_seeds(bad)

@@ -877,7 +877,22 @@ def markdown_report(report: dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------- the whole run
-def run_demo(settings: DemoSettings, output: str | os.PathLike, cache: Optional[str | os.PathLike] = None) -> dict:
+def run_demo(
+    settings: DemoSettings,
+    output: str | os.PathLike,
+    cache: Optional[str | os.PathLike] = None,
+    episode_log: Optional[str | os.PathLike] = None,
+) -> dict:
+    """Runs (or resumes) the experiment and writes the report into `output`.
+
+    Args:
+        settings: what decides the result; each stage is cached under `cache` by the settings it depends on.
+        output: the report folder (`report.md`, `report.json`, plots, GIF).
+        cache: the cache folder (default `output/cache`).
+        episode_log: the folder of the rollouts' `episodes.jsonl` (default `output`). Episodes are keyed by the
+            policy folder that played them, so runs that share a log and a cache play each shared policy once (see
+            `peft_ckt.wam.seeds`).
+    """
     import peft_ckt  # noqa: F401  (registers CKT with peft)
 
     from .data import ChunkDataset
@@ -923,7 +938,7 @@ def run_demo(settings: DemoSettings, output: str | os.PathLike, cache: Optional[
         **{name: str(path) for name, (path, _) in ablated.items()},
     }
     t = time.perf_counter()
-    rows = evaluate_policies(settings, policies, out)
+    rows = evaluate_policies(settings, policies, Path(episode_log) if episode_log is not None else out)
     timing["evaluate"] = time.perf_counter() - t
 
     t = time.perf_counter()
