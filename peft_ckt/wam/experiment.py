@@ -142,10 +142,14 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def _write_json(path: Path, data: Any) -> None:
+def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    _write_text(path, json.dumps(data, indent=2))
 
 
 def _log(message: str) -> None:
@@ -570,16 +574,20 @@ def _eval_key(settings: DemoSettings) -> dict[str, Any]:
     return {n: getattr(settings, n) for n in names}
 
 
+def success_cell(wins: int, trials: int) -> dict[str, Any]:
+    """A success count as the report stores it: rate, counts and 95% Wilson interval."""
+    low, high = wilson_interval(wins, trials)
+    return {
+        "success_rate": wins / trials if trials else None,
+        "successes": wins,
+        "episodes": trials,
+        "ci95": [round(low, 4), round(high, 4)],
+    }
+
+
 def summarize_rollouts(rows: list[dict[str, Any]]) -> dict[str, Any]:
     def rate(subset):
-        wins = sum(bool(r["success"]) for r in subset)
-        low, high = wilson_interval(wins, len(subset))
-        return {
-            "success_rate": wins / len(subset) if subset else None,
-            "successes": wins,
-            "episodes": len(subset),
-            "ci95": [round(low, 4), round(high, 4)],
-        }
+        return success_cell(sum(bool(r["success"]) for r in subset), len(subset))
 
     perturbed = [r for r in rows if r["perturbation"] != "none"]
     return {
@@ -1036,9 +1044,7 @@ def run_demo(
     timing["total"] = time.perf_counter() - started
     report["timing"] = {k: round(v, 1) for k, v in timing.items()}
     _write_json(out / "report.json", report)
-    tmp = out / "report.md.tmp"
-    tmp.write_text(markdown_report(report))
-    os.replace(tmp, out / "report.md")
+    _write_text(out / "report.md", markdown_report(report))
     return report
 
 

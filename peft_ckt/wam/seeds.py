@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from .experiment import DemoSettings, _log, _write_json, run_demo, wilson_interval
+from .experiment import DemoSettings, _log, _write_json, _write_text, run_demo, success_cell
 
 
 def check_adapter_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
@@ -55,9 +55,7 @@ def run_adapter_seeds(
         )
     pooled = pool_adapter_seeds(reports)
     _write_json(out / "adapter-seeds.json", pooled)
-    tmp = out / "adapter-seeds.md.tmp"
-    tmp.write_text(adapter_seeds_markdown(pooled))
-    os.replace(tmp, out / "adapter-seeds.md")
+    _write_text(out / "adapter-seeds.md", adapter_seeds_markdown(pooled))
     return pooled
 
 
@@ -81,15 +79,9 @@ def pool_adapter_seeds(reports: dict[int, dict[str, Any]]) -> dict[str, Any]:
         counted = [next(iter(rows.values()))] if shared else list(rows.values())
         entry: dict[str, Any] = {"retrained": not shared, "per_seed": {}}
         for split in ("clean", "perturbed"):
-            wins = sum(row[split]["successes"] for row in counted)
-            trials = sum(row[split]["episodes"] for row in counted)
-            low, high = wilson_interval(wins, trials)
-            entry[split] = {
-                "successes": wins,
-                "episodes": trials,
-                "success_rate": wins / trials if trials else None,
-                "ci95": [round(low, 4), round(high, 4)],
-            }
+            entry[split] = success_cell(
+                sum(row[split]["successes"] for row in counted), sum(row[split]["episodes"] for row in counted)
+            )
         for seed, row in rows.items():
             scores = offline[seed] or {}
             entry["per_seed"][seed] = {
