@@ -39,6 +39,12 @@ def main() -> None:
         "student and data; give another --output and the same --cache to keep both reports",
     )
     parser.add_argument(
+        "--ckt-modules-to-save",
+        default=None,
+        help="comma-separated student module name suffixes CKT also trains and saves (peft's modules_to_save), e.g. "
+        "'attn2.to_k,attn2.to_v': the projections through which the student's cross-attention reads the context",
+    )
+    parser.add_argument(
         "--adapter-seeds",
         default=None,
         help="comma-separated adapter seeds: the experiment once per seed into OUTPUT/adapter-seed-N/ (one cache, "
@@ -68,6 +74,11 @@ def main() -> None:
         if args.adapter_seed < 0:
             parser.error(f"--adapter-seed must be >= 0; got {args.adapter_seed}")
         changes["adapter_seed"] = args.adapter_seed
+    if args.ckt_modules_to_save is not None:
+        names = tuple(n.strip() for n in args.ckt_modules_to_save.split(",") if n.strip())
+        if not names:
+            parser.error(f"--ckt-modules-to-save names no module: {args.ckt_modules_to_save!r}")
+        changes["ckt_modules_to_save"] = names
     if args.adapter_seeds is not None:
         if args.adapter_seed is not None:
             parser.error("give --adapter-seed or --adapter-seeds, not both")

@@ -275,6 +275,52 @@ def test_ckt_on_the_wam_pair_trains_only_the_adapter_and_reuses_the_context(tmp_
     assert torch.allclose(again["latents"], reused["latents"], atol=1e-6)
 
 
+def test_ckt_can_also_train_the_students_context_reading_projections(tmp_path):
+    """`DemoSettings.ckt_modules_to_save` (peft's `modules_to_save`): CKT also trains the key and value projections
+    through which the student's cross-attention reads its conditioning, saves them with the bank and reloads them
+    into the policy; the teacher's own cross-attention, whose modules have the same names, stays untouched."""
+    from safetensors.torch import load_file
+
+    from peft_ckt.wam.experiment import DemoSettings, ckt_config
+    from peft_ckt.wam.policy import WAMPolicy
+
+    teacher, student, _ = ckt_pair(tmp_path)
+    settings = DemoSettings(
+        ckt_modules_to_save=("attn2.to_k", "attn2.to_v"), teacher_layer=-1, num_context_tokens=4, bottleneck_dim=16
+    )
+    model = get_peft_model(student, ckt_config(settings, teacher, student))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    copies = {n.split(".modules_to_save")[0] for n in trainable if ".modules_to_save." in n}
+    assert copies == {
+        f"base_model.model.backbone.transformer_blocks.{i}.attn2.{kv}"
+        for i in range(student.num_layers)
+        for kv in ("to_k", "to_v")
+    }
+    assert all("ckt_bank" in n or ".modules_to_save." in n for n in trainable)
+    teacher_before = {n: p.clone() for n, p in teacher.named_parameters()}
+    key = model.base_model.model.backbone.transformer_blocks[0].attn2.to_k
+    train_wam(model, student, ChunkDataset(fake_episodes()), steps=3, batch_size=4, teacher=teacher, progress=False)
+    assert not torch.equal(key.modules_to_save["default"].weight, key.original_module.weight)
+    assert all(torch.equal(p, teacher_before[n]) for n, p in teacher.named_parameters())
+    model.eval()
+    model.save_pretrained(tmp_path / "ckt")
+    saved = load_file(str(tmp_path / "ckt" / "adapter_model.safetensors"))
+    assert sum(".attn2.to_k." in k or ".attn2.to_v." in k for k in saved) >= 2 * student.num_layers
+    batch = ChunkDataset(fake_episodes()).batch(torch.arange(4))
+    noise = torch.randn(student.noise_shape(4))
+    context = model.encode_teacher(teacher.teacher_inputs(batch))
+    trained = sample(model, student, batch, initial_noise=noise, ckt_context=context)
+    policy = WAMPolicy.from_pretrained(tmp_path / "ckt")
+    again = sample(
+        policy.model,
+        policy.wam,
+        batch,
+        initial_noise=noise,
+        ckt_context=policy.model.encode_teacher(policy._teacher().teacher_inputs(batch)),
+    )
+    assert torch.allclose(again["latents"], trained["latents"], atol=1e-6)
+
+
 def test_lora_baseline_policy_and_budget(tmp_path):
     student = tiny_wam("cosmos")
     student.save_pretrained(tmp_path / "student")

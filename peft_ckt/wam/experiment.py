@@ -90,6 +90,10 @@ class DemoSettings:
     # The paper's dropouts (0.1) kept CKT from fitting the 231 target samples at this width (docs/wam.md): off.
     adapter_dropout: float = 0.0  # on the adapters' projected teacher tokens
     attention_dropout: float = 0.0  # on the learnable queries' attention weights
+    # Student modules CKT trains and saves beside its bank (peft's `modules_to_save`), by name suffix. () is the
+    # paper's frozen student; ("attn2.to_k", "attn2.to_v") also trains the projections through which the student's
+    # cross-attention reads its conditioning, and so the context (docs/wam.md, "Why CKT underfits").
+    ckt_modules_to_save: tuple[str, ...] = ()
     lora_rank: int = 0  # 0: the smallest rank whose budget is at least CKT's
     # Seed of the adapters' initial weights, batches and noise: another value retrains both adapters from scratch
     # on the same student, teacher and data (how much a retraining moves the rollouts).
@@ -398,6 +402,7 @@ def ckt_config(settings: DemoSettings, teacher, student):
         attention_dropout=settings.attention_dropout,
         teacher_hidden_size=teacher.width,
         student_hidden_size=student.text_dim,
+        modules_to_save=list(settings.ckt_modules_to_save) or None,
     )
 
 
@@ -447,6 +452,8 @@ def adapter_stage(settings, cache, kind, teacher, student_path, target_episodes,
         "seed",
         "adapter_seed",
     ]
+    if settings.ckt_modules_to_save:  # only when set, so that adapters trained before the option stay cached
+        fields.append("ckt_modules_to_save")
     tag = kind if ablation == "full" else f"{kind}-{ablation}"
     label = f"student+{kind}" if ablation == "full" else ablation_policy(ablation)
     data = episodes_key(settings, target_episodes)
