@@ -319,6 +319,8 @@ def test_ckt_can_also_train_the_students_context_reading_projections(tmp_path):
         ckt_context=policy.model.encode_teacher(policy._teacher().teacher_inputs(batch)),
     )
     assert torch.allclose(again["latents"], trained["latents"], atol=1e-6)
+    with pytest.raises(ValueError, match="no student module is named 'attn9.to_k'"):
+        ckt_config(dataclasses.replace(settings, ckt_modules_to_save=("attn9.to_k",)), teacher, student)
 
 
 def test_lora_baseline_policy_and_budget(tmp_path):

@@ -388,6 +388,12 @@ def teacher_layer_path(settings: DemoSettings, teacher) -> str:
 def ckt_config(settings: DemoSettings, teacher, student):
     from ..config import CKTConfig
 
+    # peft skips a `modules_to_save` name that matches nothing: a typo would train the frozen-student CKT unnoticed.
+    names = [name for name, _ in student.named_modules()]
+    for suffix in settings.ckt_modules_to_save:
+        if not any(name == suffix or name.endswith(f".{suffix}") for name in names):
+            raise ValueError(f"ckt_modules_to_save: no student module is named {suffix!r} or ends with '.{suffix}'")
+
     return CKTConfig(
         teacher=teacher,
         teacher_layer=teacher_layer_path(settings, teacher),
