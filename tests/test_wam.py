@@ -399,6 +399,9 @@ def test_report_rows_tables_and_plots(tmp_path):
     table = markdown_report(report)
     assert "| student+ckt | 10 (1.00%) |" in table and "| student+ckt (no generalized) | 10 (1.00%) |" in table
     assert "| zeros | 0.2000 | 0.2000 | 0.0100 | 0.0100 |" in table
+    assert "modules_to_save" not in table  # the paper's frozen student: nothing to say
+    report["settings"]["ckt_modules_to_save"] = ["attn2.to_k", "attn2.to_v"]
+    assert "student modules beside its bank (`modules_to_save`): `attn2.to_k`, `attn2.to_v`" in markdown_report(report)
     plot_success(report, tmp_path / "success.png")
     plot_experts([3, 1, 0, 4], [2, 2, 2, 2], tmp_path / "experts.png")
     for name in ("success.png", "experts.png"):

@@ -861,6 +861,16 @@ def markdown_report(report: dict[str, Any]) -> str:
         "(successes/episodes); Total is pooled over the perturbed episodes (the LIBERO-Plus total), with its 95% "
         "Wilson interval.",
         "",
+    ]
+    trained_student_modules = report["settings"].get("ckt_modules_to_save") or ()
+    if trained_student_modules:
+        lines += [
+            "student+ckt also trains and saves these student modules beside its bank (`modules_to_save`): "
+            + ", ".join(f"`{name}`" for name in trained_student_modules)
+            + "; the paper's CKT keeps the student frozen.",
+            "",
+        ]
+    lines += [
         "| Policy | trainable | Clean | "
         + " | ".join(k.capitalize() for k in PERTURBATION_KINDS)
         + " | Total | 95% CI |",
