@@ -41,8 +41,9 @@ def main() -> None:
     parser.add_argument(
         "--ckt-modules-to-save",
         default=None,
-        help="comma-separated student module name suffixes CKT also trains and saves (peft's modules_to_save), e.g. "
-        "'attn2.to_k,attn2.to_v': the projections through which the student's cross-attention reads the context",
+        help="comma-separated student module name suffixes CKT also trains and saves (peft's modules_to_save); "
+        "default 'attn2.to_k,attn2.to_v': the projections through which the student's cross-attention reads the "
+        "context; 'none': the paper's entirely frozen student",
     )
     parser.add_argument(
         "--adapter-seeds",
@@ -77,8 +78,11 @@ def main() -> None:
     if args.ckt_modules_to_save is not None:
         names = tuple(n.strip() for n in args.ckt_modules_to_save.split(",") if n.strip())
         if not names:
-            parser.error(f"--ckt-modules-to-save names no module: {args.ckt_modules_to_save!r}")
-        changes["ckt_modules_to_save"] = names
+            parser.error(
+                f"--ckt-modules-to-save names no module (use 'none' for the frozen student): "
+                f"{args.ckt_modules_to_save!r}"
+            )
+        changes["ckt_modules_to_save"] = () if names == ("none",) else names
     if args.adapter_seeds is not None:
         if args.adapter_seed is not None:
             parser.error("give --adapter-seed or --adapter-seeds, not both")

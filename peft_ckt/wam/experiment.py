@@ -90,10 +90,11 @@ class DemoSettings:
     # The paper's dropouts (0.1) kept CKT from fitting the 231 target samples at this width (docs/wam.md): off.
     adapter_dropout: float = 0.0  # on the adapters' projected teacher tokens
     attention_dropout: float = 0.0  # on the learnable queries' attention weights
-    # Student modules CKT trains and saves beside its bank (peft's `modules_to_save`), by name suffix. () is the
-    # paper's frozen student; ("attn2.to_k", "attn2.to_v") also trains the projections through which the student's
-    # cross-attention reads its conditioning, and so the context (docs/wam.md, "Why CKT underfits").
-    ckt_modules_to_save: tuple[str, ...] = ()
+    # Student modules CKT trains and saves beside its bank (peft's `modules_to_save`), by name suffix. The default
+    # trains the key and value projections through which the student's cross-attention reads its conditioning, and so
+    # the context: this student's were trained on six other tasks' words only, and a frozen reading that narrow keeps
+    # CKT from fitting the target set (docs/wam.md, "Why CKT underfits"). () is the paper's entirely frozen student.
+    ckt_modules_to_save: tuple[str, ...] = ("attn2.to_k", "attn2.to_v")
     lora_rank: int = 0  # 0: the smallest rank whose budget is at least CKT's
     # Seed of the adapters' initial weights, batches and noise: another value retrains both adapters from scratch
     # on the same student, teacher and data (how much a retraining moves the rollouts).
@@ -458,7 +459,7 @@ def adapter_stage(settings, cache, kind, teacher, student_path, target_episodes,
         "seed",
         "adapter_seed",
     ]
-    if settings.ckt_modules_to_save:  # only when set, so that adapters trained before the option stay cached
+    if settings.ckt_modules_to_save:  # only when set, so that frozen-student adapters trained before it stay cached
         fields.append("ckt_modules_to_save")
     tag = kind if ablation == "full" else f"{kind}-{ablation}"
     label = f"student+{kind}" if ablation == "full" else ablation_policy(ablation)
