@@ -17,7 +17,8 @@ from peft_ckt.wam.experiment import ABLATIONS, DemoSettings, run_demo
 from peft_ckt.wam.seeds import check_adapter_seeds, run_adapter_seeds
 
 
-def main() -> None:
+def parse_settings(argv: list[str] | None = None) -> tuple[argparse.Namespace, DemoSettings, tuple[int, ...] | None]:
+    """The command line as `(args, settings, adapter seeds or None)`; bad values end with a usage error."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smallest counts: a check of every stage (~5 min)")
     parser.add_argument(
@@ -52,7 +53,7 @@ def main() -> None:
         "one episode log: the teacher and the student are trained and played once), pooled into "
         "OUTPUT/adapter-seeds.md",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     settings = DemoSettings.quick() if args.quick else DemoSettings()
     changes = {}
     if args.eval_episodes is not None:
@@ -83,6 +84,7 @@ def main() -> None:
                 f"{args.ckt_modules_to_save!r}"
             )
         changes["ckt_modules_to_save"] = () if names == ("none",) else names
+    seeds = None
     if args.adapter_seeds is not None:
         if args.adapter_seed is not None:
             parser.error("give --adapter-seed or --adapter-seeds, not both")
@@ -90,11 +92,17 @@ def main() -> None:
             seeds = check_adapter_seeds(int(s) for s in args.adapter_seeds.split(",") if s.strip())
         except ValueError as error:
             parser.error(f"--adapter-seeds {args.adapter_seeds!r}: {error}")
-        run_adapter_seeds(dataclasses.replace(settings, **changes), seeds, args.output, args.cache)
+    return args, dataclasses.replace(settings, **changes), seeds
+
+
+def main() -> None:
+    args, settings, seeds = parse_settings()
+    if seeds is not None:
+        run_adapter_seeds(settings, seeds, args.output, args.cache)
         print(open(f"{args.output}/adapter-seeds.md").read())
         print(f"Per-seed reports in {args.output}/adapter-seed-N/.")
         return
-    report = run_demo(dataclasses.replace(settings, **changes), args.output, args.cache)
+    report = run_demo(settings, args.output, args.cache)
     print(open(f"{args.output}/report.md").read())
     print(f"Report, plots and GIF in {args.output}/ ({report['timing']['total'] / 60:.1f} min).")
 

@@ -366,12 +366,27 @@ def test_wilson_interval():
     assert (low, high) == (pytest.approx(0.2366, abs=1e-3), pytest.approx(0.7634, abs=1e-3))
 
 
+def test_policies_are_compared_with_fishers_exact_test():
+    from peft_ckt.wam.experiment import compare_policies, compare_successes, success_cell
+
+    # 6 of 56 against 0 of 56: two-sided p = 2 * C(56,6)C(56,0)/C(112,6) (the two tails are equal) = 0.0271.
+    result = compare_successes(success_cell(6, 56), success_cell(0, 56))
+    assert result["difference"] == pytest.approx(6 / 56) and result["p_value"] == pytest.approx(0.02714, abs=1e-5)
+    assert compare_successes(success_cell(3, 10), success_cell(3, 10))["p_value"] == pytest.approx(1.0)
+    assert compare_successes(success_cell(0, 0), success_cell(1, 2)) == {"difference": None, "p_value": None}
+    cells = {"clean": success_cell(1, 8), "perturbed": success_cell(6, 56)}
+    policies = {"student": {"clean": success_cell(0, 8), "perturbed": success_cell(0, 56)}, "student+ckt": cells}
+    # Only the pairs whose policies are there: no LoRA row, no LoRA comparison.
+    assert list(compare_policies(policies)) == ["student+ckt vs student"]
+
+
 def test_report_rows_tables_and_plots(tmp_path):
     from peft_ckt.wam.experiment import (
         ABLATIONS,
         PERTURBATION_KINDS,
         POLICIES,
         ablation_policy,
+        compare_policies,
         markdown_report,
         plot_experts,
         plot_success,
@@ -400,6 +415,11 @@ def test_report_rows_tables_and_plots(tmp_path):
     assert "| student+ckt | 10 (1.00%) |" in table and "| student+ckt (no generalized) | 10 (1.00%) |" in table
     assert "| zeros | 0.2000 | 0.2000 | 0.0100 | 0.0100 |" in table
     assert "modules_to_save" not in table  # the paper's frozen student: nothing to say
+    assert "Fisher" not in table  # no comparisons in the report: no table of them
+    report["comparisons"] = compare_policies(report["policies"])
+    row = next(line for line in markdown_report(report).splitlines() if line.startswith("| student+ckt vs student |"))
+    ckt, student = report["policies"]["student+ckt"]["perturbed"], report["policies"]["student"]["perturbed"]
+    assert f"{ckt['successes']}/21 vs {student['successes']}/21" in row and "points" in row
     report["settings"]["ckt_modules_to_save"] = ["attn2.to_k", "attn2.to_v"]
     assert "student modules beside its bank (`modules_to_save`): `attn2.to_k`, `attn2.to_v`" in markdown_report(report)
     plot_success(report, tmp_path / "success.png")
@@ -537,7 +557,10 @@ def test_adapter_seeds_pool_retrained_policies_and_count_shared_ones_once(tmp_pa
     assert ckt["per_seed"][3]["perturbed"] == [12, 56] and ckt["per_seed"][0]["action_mse"]["perturbed"] == 0.2
     low, high = ckt["perturbed"]["ci95"]
     assert 0 < low < 17 / 112 < high < 1
+    # 17 of 112 against 0 of 56: Fisher's exact test, two-sided.
+    assert pooled["comparisons"]["student+ckt vs student"]["perturbed"]["p_value"] < 0.001
     table = adapter_seeds_markdown(pooled)
+    assert "| student+ckt vs student | 17/112 vs 0/56 | +15.2 points |" in table
     assert "| student+ckt | 5/56 (0/8) | 12/56 (0/8) | 17/112 = 15% (" in table
     assert "| student | 0/56 (0/8) | 0/56 (0/8) | 0/56 = 0% (0-6) | 0/8 |" in table
     with pytest.raises(ValueError, match="reports policies"):

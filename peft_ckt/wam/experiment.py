@@ -599,6 +599,51 @@ def success_cell(wins: int, trials: int) -> dict[str, Any]:
     }
 
 
+# The differences the experiment is about: what CKT adds to the student, and CKT against LoRA.
+COMPARISONS = (("student+ckt", "student"), ("student+ckt", "student+lora"), ("student+lora", "student"))
+
+
+def compare_successes(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """Two success cells side by side: the difference of their rates and the two-sided p-value of Fisher's exact
+    test (is a difference this large likely when both policies succeed equally often?)."""
+    from scipy.stats import fisher_exact
+
+    a, n, b, m = first["successes"], first["episodes"], second["successes"], second["episodes"]
+    if not n or not m:
+        return {"difference": None, "p_value": None}
+    return {"difference": a / n - b / m, "p_value": float(fisher_exact([[a, n - a], [b, m - b]]).pvalue)}
+
+
+def compare_policies(policies: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """`COMPARISONS` on the clean and the perturbed episodes, keyed `"A vs B"` (pairs with a missing policy skipped)."""
+    return {
+        f"{a} vs {b}": {
+            split: compare_successes(policies[a][split], policies[b][split]) for split in ("clean", "perturbed")
+        }
+        for a, b in COMPARISONS
+        if a in policies and b in policies
+    }
+
+
+def comparison_lines(policies: dict[str, dict[str, Any]], comparisons: dict[str, dict[str, Any]]) -> list[str]:
+    """The comparisons as a markdown table (perturbed episodes: the LIBERO-Plus total)."""
+    lines = [
+        "| Perturbed episodes | successes | difference | Fisher's exact test, two-sided p |",
+        "|---|---:|---:|---:|",
+    ]
+    for pair, result in comparisons.items():
+        a, b = pair.split(" vs ")
+        cell = result["perturbed"]
+        if cell["p_value"] is None:
+            continue
+        first, second = policies[a]["perturbed"], policies[b]["perturbed"]
+        lines.append(
+            f"| {pair} | {first['successes']}/{first['episodes']} vs {second['successes']}/{second['episodes']} | "
+            f"{100 * cell['difference']:+.1f} points | {cell['p_value']:.3f} |"
+        )
+    return lines
+
+
 def summarize_rollouts(rows: list[dict[str, Any]]) -> dict[str, Any]:
     def rate(subset):
         return success_cell(sum(bool(r["success"]) for r in subset), len(subset))
@@ -885,6 +930,8 @@ def markdown_report(report: dict[str, Any]) -> str:
             f"| {name} | {budget} | " + " | ".join(cells) + f" | {pct(row['perturbed'])} | "
             f"{100 * low:.0f}-{100 * high:.0f} |"
         )
+    if report.get("comparisons"):
+        lines += ["", *comparison_lines(report["policies"], report["comparisons"])]
     lines += [
         "",
         "Offline, on a fixed held-out set of demonstrations (init state 45 of the evaluated tasks, clean and under each "
@@ -1028,6 +1075,7 @@ def run_demo(
             "trainable_percent": percent,
             "path": policies[name],
         }
+    report["comparisons"] = compare_policies(report["policies"])
     report["policies"]["student+ckt"]["trainable_percent_of_teacher_and_student"] = (
         100 * ckt_record["trainable_params"] / (ckt_record["total_params"] + teacher_record["parameters"])
     )
@@ -1086,4 +1134,4 @@ def _heldout_expert_counts(model, teacher, heldout, settings) -> list[int]:
     return counts.tolist() if counts is not None else []
 
 
-__all__ = ["DemoSettings", "run_demo", "wilson_interval"]
+__all__ = ["DemoSettings", "compare_policies", "compare_successes", "run_demo", "wilson_interval"]

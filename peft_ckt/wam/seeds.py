@@ -17,7 +17,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from .experiment import DemoSettings, _log, _write_json, _write_text, run_demo, success_cell
+from .experiment import (
+    DemoSettings,
+    _log,
+    _write_json,
+    _write_text,
+    compare_policies,
+    comparison_lines,
+    run_demo,
+    success_cell,
+)
 
 
 def check_adapter_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
@@ -90,6 +99,7 @@ def pool_adapter_seeds(reports: dict[int, dict[str, Any]]) -> dict[str, Any]:
                 "action_mse": {s: scores[s]["action_mse"] for s in ("clean", "perturbed") if s in scores},
             }
         pooled["policies"][name] = entry
+    pooled["comparisons"] = compare_policies(pooled["policies"])
     return pooled
 
 
@@ -119,6 +129,9 @@ def adapter_seeds_markdown(pooled: dict[str, Any]) -> str:
             + f" | {pert['successes']}/{pert['episodes']} = {100 * (pert['success_rate'] or 0):.0f}% "
             f"({100 * low:.0f}-{100 * high:.0f}) | {clean['successes']}/{clean['episodes']} |"
         )
+    if pooled.get("comparisons"):
+        lines += ["", "Pooled (each training's episodes as draws of one policy):", ""]
+        lines += comparison_lines(pooled["policies"], pooled["comparisons"])
     lines += [
         "",
         "Held-out action MSE on the perturbed demonstrations (lower is better):",
