@@ -560,7 +560,7 @@ def test_adapter_seeds_pool_retrained_policies_and_count_shared_ones_once(tmp_pa
     # 17 of 112 against 0 of 56: Fisher's exact test, two-sided.
     assert pooled["comparisons"]["student+ckt vs student"]["perturbed"]["p_value"] < 0.001
     table = adapter_seeds_markdown(pooled)
-    assert "| student+ckt vs student | 17/112 vs 0/56 | +15.2 points |" in table
+    assert "| student+ckt vs student | 17/112 vs 0/56 | +15.2 points | <0.001 |" in table
     assert "| student+ckt | 5/56 (0/8) | 12/56 (0/8) | 17/112 = 15% (" in table
     assert "| student | 0/56 (0/8) | 0/56 (0/8) | 0/56 = 0% (0-6) | 0/8 |" in table
     with pytest.raises(ValueError, match="reports policies"):

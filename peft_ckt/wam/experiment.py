@@ -639,9 +639,14 @@ def comparison_lines(policies: dict[str, dict[str, Any]], comparisons: dict[str,
         first, second = policies[a]["perturbed"], policies[b]["perturbed"]
         lines.append(
             f"| {pair} | {first['successes']}/{first['episodes']} vs {second['successes']}/{second['episodes']} | "
-            f"{100 * cell['difference']:+.1f} points | {cell['p_value']:.3f} |"
+            f"{100 * cell['difference']:+.1f} points | {format_p_value(cell['p_value'])} |"
         )
     return lines
+
+
+def format_p_value(p: float) -> str:
+    """Three decimals, or an upper bound where three decimals would print 0.000."""
+    return f"{p:.3f}" if p >= 0.001 else "<0.001"
 
 
 def summarize_rollouts(rows: list[dict[str, Any]]) -> dict[str, Any]:
