@@ -1,13 +1,13 @@
 """The main experiment: CKT from a teacher world action model into a student on LIBERO, clean and perturbed.
 
-    python examples/libero_transfer.py                 # the full run (`make demo`), ~30 min on 2 CPU cores
+    python examples/libero_transfer.py                 # the full run (`make demo`), ~28 min on 2 CPU cores
     python examples/libero_transfer.py --quick         # every stage at the smallest counts (`make demo QUICK=1`)
     python examples/libero_transfer.py --ablations     # + the paper's CKT ablations (`make demo ABLATIONS=1`)
     python examples/libero_transfer.py --adapter-seeds 0,1,2,3   # the adapters retrained per seed, pooled
 
-Writes `report.md`, `report.json`, the plots and a GIF into `--output` (default `outputs/demo`); everything it builds
-(demonstrations, pretrained models, adapters, recorded episodes) is cached under `--cache` keyed by its settings, so
-a second run skips what is done and an interrupted one resumes. See peft_ckt/wam/experiment.py and docs/wam.md.
+Writes `report.md`, `report.json`, the plots and a GIF into `--output` (default `outputs/demo`; `outputs/demo-quick`
+with `--quick`); everything it builds (demonstrations, pretrained models, adapters, recorded episodes) is cached
+under `--cache` keyed by its settings, so a second run skips what is done and an interrupted one resumes. See peft_ckt/wam/experiment.py and docs/wam.md.
 """
 
 import argparse
@@ -27,7 +27,9 @@ def parse_settings(argv: list[str] | None = None) -> tuple[argparse.Namespace, D
         help="also train and evaluate the paper's CKT ablations (no specialized adapters, no generalized adapter, no "
         "auxiliary loss) as extra report rows",
     )
-    parser.add_argument("--output", default="outputs/demo", help="report folder")
+    parser.add_argument(
+        "--output", default=None, help="report folder (default: outputs/demo, with --quick outputs/demo-quick)"
+    )
     parser.add_argument("--cache", default=None, help="cache folder (default: OUTPUT/cache)")
     parser.add_argument("--eval-episodes", type=int, default=None, help="episodes per task and condition")
     parser.add_argument("--eval-tasks", default=None, help="comma-separated libero_object task ids to evaluate")
@@ -54,6 +56,8 @@ def parse_settings(argv: list[str] | None = None) -> tuple[argparse.Namespace, D
         "OUTPUT/adapter-seeds.md",
     )
     args = parser.parse_args(argv)
+    if args.output is None:  # a pipeline check must not overwrite the full run's report
+        args.output = "outputs/demo-quick" if args.quick else "outputs/demo"
     settings = DemoSettings.quick() if args.quick else DemoSettings()
     changes = {}
     if args.eval_episodes is not None:

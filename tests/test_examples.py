@@ -64,10 +64,12 @@ def test_libero_transfer_command_line(capsys):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     # make demo: CKT also trains the student's cross-attention keys/values; "none" is the paper's frozen student.
-    _, settings, seeds = module.parse_settings([])
+    args, settings, seeds = module.parse_settings([])
     assert settings.ckt_modules_to_save == ("attn2.to_k", "attn2.to_v") and seeds is None
-    _, settings, _ = module.parse_settings(["--ckt-modules-to-save", "none", "--quick", "--eval-episodes", "3"])
+    assert args.output == "outputs/demo"
+    args, settings, _ = module.parse_settings(["--ckt-modules-to-save", "none", "--quick", "--eval-episodes", "3"])
     assert settings.ckt_modules_to_save == () and settings.eval_episodes == 3 and settings.teacher_steps == 100
+    assert args.output == "outputs/demo-quick"  # the pipeline check keeps the full run's report
     _, settings, _ = module.parse_settings(["--ckt-modules-to-save", "attn2.to_v"])
     assert settings.ckt_modules_to_save == ("attn2.to_v",)
     _, _, seeds = module.parse_settings(["--adapter-seeds", "0,2"])
