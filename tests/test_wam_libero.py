@@ -64,7 +64,7 @@ def test_collect_with_an_image_stride_holds_frames_between_renders(tmp_path):
     )
 
 
-def test_demo_evaluation_appends_episodes_and_resumes(tmp_path):
+def test_demo_evaluation_appends_episodes_and_resumes(tmp_path, monkeypatch):
     import dataclasses
 
     from test_wam import tiny_wam
@@ -95,3 +95,7 @@ def test_demo_evaluation_appends_episodes_and_resumes(tmp_path):
     assert len(more) == 16 and len(log) == 16 and log[:8] == resumed
     assert {r["init_index"] for r in more} == {settings.eval_init_offset, settings.eval_init_offset + 1}
     assert len(evaluate_policies(settings, policies, out, progress=False)) == 8
+    # The same folder spelled relative to the working directory (a relative `--cache`) replays nothing.
+    monkeypatch.chdir(tmp_path)
+    assert len(evaluate_policies(settings, {"student": "student"}, out, progress=False)) == 8
+    assert (out / "episodes.jsonl").read_text().splitlines() == log

@@ -525,8 +525,8 @@ def evaluate_policies(settings: DemoSettings, policies: dict[str, str], out: Pat
     # the 2 new init states only, and the report counts the episodes the settings ask for.
     config = json.loads(json.dumps({"settings": _eval_key(settings)}))
     recorded, log = open_episode_log(out, config, "auto")
-    by_spec = {spec: name for name, spec in policies.items()}
-    done = {(r["policy"], r["task_id"], r["perturbation"], r["init_index"]): r for r in recorded}
+    by_spec = {_policy_key(spec): name for name, spec in policies.items()}
+    done = {(_policy_key(r["policy"]), r["task_id"], r["perturbation"], r["init_index"]): r for r in recorded}
     conditions = ["none", *PERTURBATION_KINDS]
     jobs = []
     for task in settings.eval_tasks:
@@ -534,7 +534,7 @@ def evaluate_policies(settings: DemoSettings, policies: dict[str, str], out: Pat
             for kind in conditions:
                 for k in range(settings.eval_episodes):
                     init = settings.eval_init_offset + k
-                    if (spec, task, kind, init) in done:
+                    if (_policy_key(spec), task, kind, init) in done:
                         continue
                     jobs.append(
                         EpisodeJob(
@@ -555,17 +555,22 @@ def evaluate_policies(settings: DemoSettings, policies: dict[str, str], out: Pat
         if jobs:
             _log(f"evaluation: {len(jobs)} episode(s) to run ({len(done)} already recorded)")
             for result in run_jobs(_run_episode, jobs, settings.workers, desc="evaluate", progress=progress):
-                row = {**result, "policy_name": by_spec[result["policy"]]}
-                done[(row["policy"], row["task_id"], row["perturbation"], row["init_index"])] = row
+                row = {**result, "policy_name": by_spec[_policy_key(result["policy"])]}
+                done[(_policy_key(row["policy"]), row["task_id"], row["perturbation"], row["init_index"])] = row
                 log.append(row)
     wanted = {
         (task, settings.eval_init_offset + k) for task in settings.eval_tasks for k in range(settings.eval_episodes)
     }
     return [
-        {**row, "policy_name": by_spec[row["policy"]]}
+        {**row, "policy_name": by_spec[_policy_key(row["policy"])]}
         for row in done.values()
-        if row["policy"] in by_spec and (row["task_id"], row["init_index"]) in wanted
+        if _policy_key(row["policy"]) in by_spec and (row["task_id"], row["init_index"]) in wanted
     ]
+
+
+def _policy_key(folder: str) -> str:
+    """One spelling of a policy folder, so that a relative and an absolute `--cache` find the same episodes."""
+    return os.path.realpath(folder)
 
 
 def _run_episode(job) -> dict[str, Any]:
