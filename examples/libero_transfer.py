@@ -7,7 +7,8 @@
 
 Writes `report.md`, `report.json`, the plots and a GIF into `--output` (default `outputs/demo`; `outputs/demo-quick`
 with `--quick`); everything it builds (demonstrations, pretrained models, adapters, recorded episodes) is cached
-under `--cache` keyed by its settings, so a second run skips what is done and an interrupted one resumes. See peft_ckt/wam/experiment.py and docs/wam.md.
+under `--cache` keyed by its settings, so a second run skips what is done and an interrupted one resumes. See
+peft_ckt/wam/experiment.py and docs/wam.md.
 """
 
 import argparse

@@ -525,16 +525,18 @@ def evaluate_policies(settings: DemoSettings, policies: dict[str, str], out: Pat
     # the 2 new init states only, and the report counts the episodes the settings ask for.
     config = json.loads(json.dumps({"settings": _eval_key(settings)}))
     recorded, log = open_episode_log(out, config, "auto")
-    by_spec = {_policy_key(spec): name for name, spec in policies.items()}
-    done = {(_policy_key(r["policy"]), r["task_id"], r["perturbation"], r["init_index"]): r for r in recorded}
+    # Policies are matched by their resolved folder, so a relative and an absolute `--cache` find the same episodes.
+    specs = {os.path.realpath(spec): spec for spec in policies.values()}
+    by_key = {os.path.realpath(spec): name for name, spec in policies.items()}
+    done = {(os.path.realpath(r["policy"]), r["task_id"], r["perturbation"], r["init_index"]): r for r in recorded}
     conditions = ["none", *PERTURBATION_KINDS]
     jobs = []
     for task in settings.eval_tasks:
-        for spec in policies.values():
+        for key, spec in specs.items():
             for kind in conditions:
                 for k in range(settings.eval_episodes):
                     init = settings.eval_init_offset + k
-                    if (_policy_key(spec), task, kind, init) in done:
+                    if (key, task, kind, init) in done:
                         continue
                     jobs.append(
                         EpisodeJob(
@@ -555,22 +557,18 @@ def evaluate_policies(settings: DemoSettings, policies: dict[str, str], out: Pat
         if jobs:
             _log(f"evaluation: {len(jobs)} episode(s) to run ({len(done)} already recorded)")
             for result in run_jobs(_run_episode, jobs, settings.workers, desc="evaluate", progress=progress):
-                row = {**result, "policy_name": by_spec[_policy_key(result["policy"])]}
-                done[(_policy_key(row["policy"]), row["task_id"], row["perturbation"], row["init_index"])] = row
+                key = os.path.realpath(result["policy"])
+                row = {**result, "policy_name": by_key[key]}
+                done[(key, row["task_id"], row["perturbation"], row["init_index"])] = row
                 log.append(row)
     wanted = {
         (task, settings.eval_init_offset + k) for task in settings.eval_tasks for k in range(settings.eval_episodes)
     }
     return [
-        {**row, "policy_name": by_spec[_policy_key(row["policy"])]}
-        for row in done.values()
-        if _policy_key(row["policy"]) in by_spec and (row["task_id"], row["init_index"]) in wanted
+        {**row, "policy_name": by_key[key]}
+        for (key, task, _, init), row in done.items()
+        if key in by_key and (task, init) in wanted
     ]
-
-
-def _policy_key(folder: str) -> str:
-    """One spelling of a policy folder, so that a relative and an absolute `--cache` find the same episodes."""
-    return os.path.realpath(folder)
 
 
 def _run_episode(job) -> dict[str, Any]:
@@ -636,10 +634,10 @@ def comparison_lines(policies: dict[str, dict[str, Any]], comparisons: dict[str,
         "| Perturbed episodes | successes | difference | Fisher's exact test, two-sided p |",
         "|---|---:|---:|---:|",
     ]
-    for pair, result in comparisons.items():
-        a, b = pair.split(" vs ")
-        cell = result["perturbed"]
-        if cell["p_value"] is None:
+    for a, b in COMPARISONS:
+        pair = f"{a} vs {b}"
+        cell = comparisons.get(pair, {}).get("perturbed")
+        if cell is None or cell["p_value"] is None:
             continue
         first, second = policies[a]["perturbed"], policies[b]["perturbed"]
         lines.append(

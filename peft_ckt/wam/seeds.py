@@ -1,10 +1,10 @@
 """The experiment's adapters retrained with several seeds on the same teacher, student and data, and pooled.
 
 One training of an adapter is one draw: on the same teacher, student, data and episodes, a retraining alone moved
-student+CKT's perturbed successes from 9 to 15 of 56 (from 1 to 10 with the student entirely frozen; docs/wam.md). [`run_adapter_seeds`] runs the experiment once
-per adapter seed (`DemoSettings.adapter_seed`: the adapters' initial weights, batches and noise) into
-`OUTPUT/adapter-seed-N/`, every run sharing one cache and one episode log (`OUTPUT/episodes.jsonl`), so the frozen
-teacher and student are trained and played once. [`pool_adapter_seeds`] then sums every policy's successes over the
+student+CKT's perturbed successes from 9 to 15 of 56 (from 1 to 10 with the student entirely frozen; docs/wam.md).
+[`run_adapter_seeds`] runs the experiment once per adapter seed (`DemoSettings.adapter_seed`: the adapters' initial
+weights, batches and noise) into `OUTPUT/adapter-seed-N/`, every run sharing one cache and one episode log
+(`OUTPUT/episodes.jsonl`), so the frozen teacher and student are trained and played once. [`pool_adapter_seeds`] then sums every policy's successes over the
 seeds: a policy whose folder is the same in every run (the teacher, the student) counts its episodes once; a
 retrained one counts every seed's, so its interval is over trainings and episodes together.
 """
