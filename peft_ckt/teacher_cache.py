@@ -23,30 +23,16 @@ from typing import Any, Optional
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
+
+from .atomic import save_safetensors, write_json
 
 INDEX_NAME = "teacher_features.index.json"
 CACHE_FORMAT = "peft-ckt-teacher-features"
 CACHE_VERSION = 1
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def _atomic_write_json(path: str, payload: Any) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str]) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    save_file(tensors, tmp, metadata=metadata)
-    os.replace(tmp, path)
 
 
 class _ShardWriter:
@@ -69,7 +55,7 @@ class _ShardWriter:
         if not self.pending:
             return
         name = f"features-r{self.rank:02d}-{self.num_shards:05d}.safetensors"
-        _atomic_save_safetensors(self.pending, os.path.join(self.folder, name), self.metadata)
+        save_safetensors(self.pending, os.path.join(self.folder, name), self.metadata)
         self.sample_to_shard.update({key: name for key in self.pending})
         self.num_shards += 1
         self.pending, self.pending_bytes = {}, 0
@@ -181,7 +167,7 @@ def cache_teacher_features(
         bar.close()
 
     partial = {"samples": writer.sample_to_shard, "hidden_size": hidden_size, "num_tokens": sorted(num_tokens)}
-    _atomic_write_json(os.path.join(output_dir, f"index.rank{state.process_index:02d}.json"), partial)
+    write_json(os.path.join(output_dir, f"index.rank{state.process_index:02d}.json"), partial, sort_keys=True)
     state.wait_for_everyone()
     if state.is_main_process:
         samples: dict[str, str] = {}
@@ -214,7 +200,7 @@ def cache_teacher_features(
             },
             "samples": dict(sorted(samples.items(), key=lambda item: int(item[0]))),
         }
-        _atomic_write_json(index_path, index)
+        write_json(index_path, index, sort_keys=True)
     state.wait_for_everyone()
     return TeacherFeatureCache(output_dir)
 

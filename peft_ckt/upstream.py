@@ -33,6 +33,7 @@ from typing import Any, Optional
 
 import torch
 
+from .atomic import commit_files
 from .config import CKTConfig
 
 # Where the bank's tensors live in a saved peft-ckt adapter (`CKTModel` attaches its layer to the student as `ckt`).
@@ -252,10 +253,7 @@ def save_converted(
             student = {key: value.detach().clone().contiguous() for key, value in conversion.student_trainable.items()}
             save_file(student, os.path.join(staging, STUDENT_TRAINABLE_FILE), metadata={"format": "pt"})
             names.append(STUDENT_TRAINABLE_FILE)
-        for name in names:
-            target = os.path.join(output_dir, name)
-            os.replace(os.path.join(staging, name), target)
-            written.append(target)
+        written = commit_files(staging, output_dir, names)
     if conversion.student_trainable:
         count = len(conversion.student_trainable)
         values = sum(value.numel() for value in conversion.student_trainable.values())

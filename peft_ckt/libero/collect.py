@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import write_json
 from .parallel import cached_policy, default_num_workers, episode_env, run_jobs
 from .perturbations import Perturbation, expand_perturbations
-from .records import RecordLog, config_differences, read_records, write_json_atomic
+from .records import RecordLog, config_differences, read_records
 from .runtime import LiberoConfigError
 
 
@@ -209,7 +210,7 @@ def collect_demonstrations(
         writer = LeRobotDatasetWriter(
             root, image_keys=tuple(CAMERAS), image_size=(image_size, image_size), resume=resume
         )
-        write_json_atomic(root / "meta" / COLLECTION_CONFIG, config)
+        write_json(root / "meta" / COLLECTION_CONFIG, config)
         attempts = RecordLog(root / "meta" / COLLECTION_ATTEMPTS)
         # Done: every recorded attempt, and every recorded episode (its attempt line may have been cut by a kill).
         done = {_job_key(row) for row in attempts.open()} | {_job_key(row) for row in writer.episodes}

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_path, write_text
+
 CODEBASE_VERSION = "v2.1"
 CHUNKS_SIZE = 1000
 FPS = 20  # LIBERO's control frequency
@@ -59,12 +61,6 @@ def encode_png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class LeRobotDatasetWriter:
@@ -216,11 +212,10 @@ class LeRobotDatasetWriter:
             self._complete_on_disk = False
         path = self._episode_path(episode_index)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
         # The arrow table carries the HF features in its schema metadata, so `datasets` decodes images on load.
         table = Dataset.from_dict(columns, features=self._features()).data.table
-        pq.write_table(table, str(tmp))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
         if new_task:
             self._write_tasks()
         # The episode line comes last: an episode is recorded only once its frames and its task are on disk.
@@ -233,7 +228,7 @@ class LeRobotDatasetWriter:
         return episode_index
 
     def _write_tasks(self) -> None:
-        _atomic_write_text(
+        write_text(
             self.root / "meta" / "tasks.jsonl",
             "".join(
                 json.dumps({"task_index": i, "task": t}) + "\n"
@@ -292,9 +287,9 @@ class LeRobotDatasetWriter:
                     "max": values.max(0).tolist(),
                     "count": [len(values)],
                 }
-        _atomic_write_text(meta / "stats.json", json.dumps(stats, indent=2))
+        write_text(meta / "stats.json", json.dumps(stats, indent=2))
         # Last: info.json marks the dataset complete (episodes.jsonl is already complete, appended episode by episode).
-        _atomic_write_text(meta / "info.json", json.dumps(info, indent=2))
+        write_text(meta / "info.json", json.dumps(info, indent=2))
         self._complete_on_disk = True
         self._log.close()
         return self.root

@@ -10,9 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_path, write_json, write_text
 from .parallel import cached_policy, check_backend, episode_env, run_jobs
 from .perturbations import LIBERO_PLUS_COLUMNS, PERTURBATIONS, Perturbation, expand_perturbations
-from .records import open_episode_log, write_json_atomic
+from .records import open_episode_log
 from .runtime import LiberoConfigError
 
 
@@ -146,11 +147,12 @@ def write_video(path: str | os.PathLike, frames: list[np.ndarray], fps: int = 20
         return
     height, width = frames[0].shape[:2]
     pad = ((0, height % 2), (0, width % 2), (0, 0))
-    tmp = f"{path}.tmp.mp4"
-    with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=7, macro_block_size=1) as writer:
+    with (
+        atomic_path(path, suffix=".mp4") as tmp,
+        imageio.get_writer(tmp, fps=fps, codec="libx264", quality=7, macro_block_size=1) as writer,
+    ):
         for frame in frames:
             writer.append_data(np.pad(frame, pad, mode="edge"))
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- summary and reports
@@ -254,10 +256,9 @@ def bar_chart(results: dict[str, Any], path: str | os.PathLike) -> None:
     axes[1].set_xlabel("task id")
     fig.suptitle(f"{results['config']['suite']}: {results['config']['policy_name']}")
     fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -414,9 +415,7 @@ def evaluate_libero(
             "episode_steps_per_second": round(env_steps / episode_seconds, 2) if episode_seconds > 0 else None,
         },
     }
-    write_json_atomic(out / "results.json", results)
-    tmp = out / "results.md.tmp"
-    tmp.write_text(markdown_report(results))
-    os.replace(tmp, out / "results.md")
+    write_json(out / "results.json", results)
+    write_text(out / "results.md", markdown_report(results))
     bar_chart(results, out / "success_rates.png")
     return results

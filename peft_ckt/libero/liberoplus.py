@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_path
 from .runtime import LiberoConfigError, LiberoUnavailableError, configure_libero
 
 OFFICIAL_SUITES: tuple[str, ...] = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
@@ -357,10 +358,9 @@ def _assets_root(assets: Path) -> Path:
     link_dir.mkdir(parents=True, exist_ok=True)
     link = link_dir / "assets"
     if not link.is_symlink():
-        tmp = link_dir / f"assets.tmp{os.getpid()}"
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(assets)
-        os.replace(tmp, link)
+        with atomic_path(link) as tmp:
+            Path(tmp).unlink(missing_ok=True)
+            Path(tmp).symlink_to(assets)
     return link_dir
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_path, write_json, write_text
 from .liberoplus import (
     DIMENSIONS,
     OFFICIAL_IMAGE_SIZE,
@@ -29,7 +30,7 @@ from .liberoplus import (
     missing_files,
 )
 from .parallel import cached_env, check_backend, run_jobs
-from .records import open_episode_log, write_json_atomic
+from .records import open_episode_log
 from .runtime import LiberoConfigError
 
 TOTAL_OVER_SUBSET = "Total (runnable subset)"
@@ -279,10 +280,9 @@ def _bar_chart(results: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("success (%)")
     ax.set_title(f"Official LIBERO-Plus {results['config']['suite']}: {results['config']['policy_name']}")
     fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -434,9 +434,7 @@ def evaluate_liberoplus(
             "steps_per_second": round(env_steps / wall, 2) if ran and wall > 0 else None,
         },
     }
-    write_json_atomic(out / "results.json", results)
-    tmp = out / "results.md.tmp"
-    tmp.write_text(markdown_report_official(results))
-    os.replace(tmp, out / "results.md")
+    write_json(out / "results.json", results)
+    write_text(out / "results.md", markdown_report_official(results))
     _bar_chart(results, out / "success_rates.png")
     return results

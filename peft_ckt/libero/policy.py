@@ -24,6 +24,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..atomic import save_safetensors, write_json
+
 POLICY_REGISTRY: dict[str, type] = {}
 # Policy types of this package, imported on first use: `"type"` in a policy folder's config.json -> module.
 BUILTIN_POLICY_MODULES = {"wam": "peft_ckt.wam.policy", "state_mlp": "peft_ckt.libero.mlp_policy"}
@@ -206,8 +208,6 @@ def _torch_policy_base():
             self.config = dict(config)
 
         def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-            from safetensors.torch import save_file
-
             directory = Path(save_directory)
             directory.mkdir(parents=True, exist_ok=True)
             config = {
@@ -215,12 +215,9 @@ def _torch_policy_base():
                 "policy_class": f"{type(self).__module__}.{type(self).__qualname__}",
                 **self.config,
             }
-            tmp = directory / "config.json.tmp"
-            tmp.write_text(json.dumps(config, indent=2))
-            os.replace(tmp, directory / "config.json")
+            write_json(directory / "config.json", config)
             state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-            save_file(state, str(directory / "model.safetensors.tmp"))
-            os.replace(directory / "model.safetensors.tmp", directory / "model.safetensors")
+            save_safetensors(state, directory / "model.safetensors")
 
         @classmethod
         def from_pretrained(cls, path: str | os.PathLike):

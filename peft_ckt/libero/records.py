@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_json, write_text
 from .runtime import LiberoConfigError
 
 
@@ -34,12 +35,6 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 class RecordLog:
     """An append-only JSON-lines file: `open()` returns the records so far, `append(row)` adds one durably."""
 
@@ -52,9 +47,7 @@ class RecordLog:
         text = "".join(json.dumps(row) + "\n" for row in rows)
         if self.path.is_file() and self.path.read_text(errors="replace") != text:
             # A torn last line: cut it off (atomically) so that the next record does not continue it.
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, self.path)
+            write_text(self.path, text)
         self._handle = self.path.open("a")
         return rows
 
@@ -118,5 +111,5 @@ def open_episode_log(folder: Path, config: dict[str, Any], mode: str) -> tuple[l
         )
     if not (rows and matches):
         log.path.unlink(missing_ok=True)
-        write_json_atomic(config_file, config)
+        write_json(config_file, config)
     return log.open(), log

@@ -16,6 +16,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import write_text
+
 _INSTALL_HINT = "Install the simulation extra: pip install 'peft-ckt[libero]'"
 _CONFIGURED: LiberoPaths | None = None
 
@@ -93,9 +95,7 @@ def _write_config(config_dir: Path, paths: dict[str, str]) -> None:
     text = yaml.safe_dump(paths, sort_keys=True)
     if target.exists() and target.read_text() == text:
         return
-    tmp = target.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, target)
+    write_text(target, text)
 
 
 def configure_libero(cache_dir: str | os.PathLike | None = None) -> LiberoPaths:

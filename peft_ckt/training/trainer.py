@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..atomic import commit_directory, commit_files, write_json, write_text
 from .arguments import CKTTrainingArguments
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -52,13 +53,6 @@ TRAINABLE_STATE_FILE = "ckt_trainable_state.safetensors"
 # tokens, whose scale is part of what they encode (LQCA queries, the <SEP> token).
 NO_DECAY_NAME_PARTS = ("norm", "queries", "separator", "noise_scale", "bias")
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def _atomic_write_json(path: str, payload: Any) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------------- pieces
@@ -330,7 +324,7 @@ class CKTTrainer:
             with open(path) as f:
                 previous = json.load(f)
         if previous is None:
-            _atomic_write_json(path, current)
+            write_json(path, current)
             return
         changed = {
             key: (previous.get(key), value)
@@ -340,7 +334,7 @@ class CKTTrainer:
         if not changed:
             return
         beside = os.path.join(self.args.output_dir, f"training_args.resumed-step-{self.state.global_step}.json")
-        _atomic_write_json(beside, current)
+        write_json(beside, current)
         altering = {key: change for key, change in changed.items() if key in RUN_ALTERING_ARGS}
         if altering:
             described = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in altering.items())
@@ -374,8 +368,7 @@ class CKTTrainer:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             # The rename marks the checkpoint complete: a job killed mid-save leaves only a ".partial" folder.
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(staging, final)
+            commit_directory(staging, final)
             limit = self.args.checkpoints_total_limit
             if limit is not None and limit > 0:
                 for old in list_checkpoints(self.args.output_dir)[:-limit]:
@@ -389,10 +382,7 @@ class CKTTrainer:
             return
         with open(path) as f:
             kept = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(kept)
-        os.replace(tmp, path)
+        write_text(path, "".join(kept))
 
     def _save_adapter(self, accelerator, step_module: nn.Module) -> None:
         """Writes the final adapter (`save_pretrained`) to `output_dir` from the main process, atomically per file."""
@@ -404,11 +394,7 @@ class CKTTrainer:
         peft_model = accelerator.unwrap_model(step_module).model
         with tempfile.TemporaryDirectory(dir=self.args.output_dir, prefix=".adapter-") as staging:
             peft_model.save_pretrained(staging, state_dict=state_dict)
-            for name in os.listdir(staging):
-                target = os.path.join(self.args.output_dir, name)
-                if os.path.isdir(target):
-                    shutil.rmtree(target)
-                os.replace(os.path.join(staging, name), target)
+            commit_files(staging, self.args.output_dir)
 
     # ----------------------------------------------------------------------------------------------- train
     def train(self) -> TrainResult:

@@ -30,6 +30,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from ..atomic import atomic_path, commit_directory, write_json, write_text
+
 PERTURBATION_KINDS = ("camera", "robot", "language", "light", "background", "noise", "layout")
 POLICIES = ("teacher", "student", "student+lora", "student+ckt")
 ABLATIONS = ("no_specialized", "no_generalized", "no_auxiliary_loss")  # `make demo ABLATIONS=1`
@@ -147,14 +149,8 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    _write_text(path, json.dumps(data, indent=2))
+_write_text = write_text
+_write_json = write_json
 
 
 def _log(message: str) -> None:
@@ -247,7 +243,7 @@ def collect_all(settings: DemoSettings, cache: Path, progress: bool = True) -> d
         )
     for name in todo:
         writers[name].finalize()
-        os.replace(finals[name].with_name(finals[name].name + ".partial"), finals[name])
+        commit_directory(finals[name].with_name(finals[name].name + ".partial"), finals[name])
     attempted = {name: sum(1 for n, _ in jobs if n == name) for name in todo}
     _log(
         "kept "
@@ -374,7 +370,7 @@ def _save_stage(model, record: dict[str, Any], final: Path) -> None:
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
     _write_json(partial / "training.json", record)
-    os.replace(partial, final)
+    commit_directory(partial, final)
 
 
 def teacher_layer_path(settings: DemoSettings, teacher) -> str:
@@ -838,10 +834,9 @@ def plot_experts(counts: list[int], heldout_counts: Optional[list[int]], path: P
 def _save_figure(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def record_gif(settings: DemoSettings, policies: dict[str, str], rows: list[dict[str, Any]], out: Path) -> dict:
@@ -893,9 +888,8 @@ def record_gif(settings: DemoSettings, policies: dict[str, str], rows: list[dict
         tiles = [np.kron(f[min(i, len(f) - 1)], np.ones((4, 4, 1), dtype=np.uint8)) for f in frames.values()]
         canvas.append(np.concatenate([tiles[0], np.full((tiles[0].shape[0], 4, 3), 255, np.uint8), tiles[1]], 1))
     path = out / "episode_student_vs_ckt.gif"
-    tmp = out / "episode_student_vs_ckt.tmp.gif"
-    imageio.mimsave(tmp, canvas, duration=0.1, loop=0)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".gif") as tmp:
+        imageio.mimsave(tmp, canvas, duration=0.1, loop=0)
     return {"file": path.name, "perturbation": kind, "task_id": task, "init_index": init, "success": successes}
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_path
 from .data import ChunkDataset, random_batches
 from .modeling import WorldActionModel, flow_matching_loss
 
@@ -142,6 +143,5 @@ def _save_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, step: i
     if result.expert_counts is not None:
         state["expert_counts"] = result.expert_counts
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
