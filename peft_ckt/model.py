@@ -574,6 +574,8 @@ class CKTModel(BaseTuner):
                 "`PeftModel.from_pretrained`, call `model.attach_teacher(teacher)`, or pass `ckt_context=`."
             )
         features = extractor(teacher_inputs)
+        if config.teacher_sequence_first:  # [N, B, d_t] (e.g. ACT's encoder) -> [B, N, d_t]
+            features = features.transpose(0, 1)
         bank = self.get_bank(adapter_name)
         return features.to(device=bank.device, dtype=bank.dtype)
 
