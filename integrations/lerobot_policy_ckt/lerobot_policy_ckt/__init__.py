@@ -8,7 +8,28 @@ Importing this package registers both config types with LeRobot (`PreTrainedConf
 then finds `modeling_*` and `processor_*` by its naming convention.
 """
 
+import os
+
 from .configuration_ckt import CKTConfig
 from .configuration_ckt_wam import CKTWamConfig
+
+
+def _configure_libero() -> None:
+    # LeRobot imports this package before it builds an env: `--env.type=libero` then finds a headless, offline
+    # LIBERO (config file and assets from peft-ckt's `libero` extra) instead of stopping on LIBERO's first-run
+    # questions. A LIBERO_CONFIG_PATH set by the user wins.
+    if os.environ.get("LIBERO_CONFIG_PATH"):
+        return
+    try:
+        from peft_ckt.libero.runtime import LiberoUnavailableError, configure_libero
+    except ImportError:
+        return
+    try:
+        configure_libero()
+    except LiberoUnavailableError:
+        pass
+
+
+_configure_libero()
 
 __all__ = ["CKTConfig", "CKTWamConfig"]
