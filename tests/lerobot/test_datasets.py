@@ -37,9 +37,7 @@ def test_lerobot_reads_a_dataset_written_by_peft_ckt(tmp_path):
     assert meta.camera_keys == ["observation.images.image", "observation.images.wrist_image"]
     assert meta.stats["observation.images.image"]["mean"].shape == (3, 1, 1)
     # An action chunk per frame, as policies train on it (delta_timestamps), padded past the episode's end.
-    dataset = LeRobotDataset(
-        "local/peft-ckt-demo", root=root, delta_timestamps={"action": [t / 20 for t in range(4)]}
-    )
+    dataset = LeRobotDataset("local/peft-ckt-demo", root=root, delta_timestamps={"action": [t / 20 for t in range(4)]})
     assert len(dataset) == 18 and dataset.num_episodes == 3
     item = dataset[10]  # episode 1, frame 4
     assert item["task"] == INSTRUCTIONS[1] and int(item["episode_index"]) == 1 and int(item["frame_index"]) == 4
@@ -82,7 +80,9 @@ def test_a_dataset_written_by_lerobot_trains_a_wam(tmp_path):
         "observation.images.wrist_image": {"dtype": "image", "shape": (size, size, 3), "names": ["height", "width", "channel"]},
         "action": {"dtype": "float32", "shape": (7,), "names": ACTION_NAMES},
     }  # fmt: skip
-    dataset = LeRobotDataset.create("local/by-lerobot", fps=20, root=tmp_path / "ds", features=features, use_videos=False)
+    dataset = LeRobotDataset.create(
+        "local/by-lerobot", fps=20, root=tmp_path / "ds", features=features, use_videos=False
+    )
     rng = np.random.default_rng(0)
     for episode in range(2):
         for _ in range(20):

@@ -17,8 +17,8 @@ from .configuration_ckt_wam import CKTWamConfig
 def _configure_libero() -> None:
     # LeRobot imports this package before it builds an env: `--env.type=libero` then finds a headless, offline
     # LIBERO (config file and assets from peft-ckt's `libero` extra) instead of stopping on LIBERO's first-run
-    # questions. A LIBERO_CONFIG_PATH set by the user wins.
-    if os.environ.get("LIBERO_CONFIG_PATH"):
+    # questions and finds the assets packages (configure_libero keeps a LIBERO_CONFIG_PATH set by the user).
+    if os.environ.get("PEFT_CKT_NO_LIBERO_SETUP", "") not in ("", "0"):
         return
     try:
         from peft_ckt.libero.runtime import LiberoUnavailableError, configure_libero

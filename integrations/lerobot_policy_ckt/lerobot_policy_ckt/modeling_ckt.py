@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lerobot.configs.policies import PreTrainedConfig
 from lerobot.policies.factory import get_policy_class
 from lerobot.policies.pretrained import PreTrainedPolicy
 from peft import get_peft_model, set_peft_model_state_dict
@@ -117,7 +118,7 @@ class CKTPolicy(PreTrainedPolicy):
     ) -> CKTPolicy:
         path = Path(pretrained_name_or_path)
         if config is None:
-            config = CKTConfig.from_pretrained(str(path), local_files_only=True)
+            config = PreTrainedConfig.from_pretrained(str(path), local_files_only=True)  # reads `type`
         weights = path / ADAPTER_WEIGHTS
         if not weights.is_file():
             raise FileNotFoundError(f"{weights} not found: not a saved ckt policy folder")
