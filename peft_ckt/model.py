@@ -197,6 +197,7 @@ class _RuntimeState:
         self.peft_calls = 0  # PeftModel forward/generate calls in progress (they inject through their own hooks)
         self.injecting = 0  # calls and scopes in progress that inject a context (the student's guard checks it)
         self.forwarded = 0  # student methods in progress that PeftModel handed over unchanged (`select_action`...)
+        self.scopes = 0  # `injection_scope` blocks open
 
     def __deepcopy__(self, memo: dict) -> _RuntimeState:
         new = _RuntimeState.__new__(_RuntimeState)
@@ -207,7 +208,7 @@ class _RuntimeState:
         new.last_adapter = self.last_adapter
         new.student_hooks = copy.deepcopy(self.student_hooks, memo)
         new.guarded = copy.deepcopy(self.guarded, memo)
-        new.peft_calls = new.injecting = new.forwarded = 0
+        new.peft_calls = new.injecting = new.forwarded = new.scopes = 0
         return new
 
     def __getstate__(self) -> dict:
@@ -705,7 +706,14 @@ class CKTModel(BaseTuner):
         # Entered by PeftModel around every forward/generate while an adapter is enabled.
         adapter_name = self._adapter_for_call(kwargs.get("adapter_names"))
         injection = None
-        if adapter_name is not None:
+        if self._ckt_state().scopes:
+            # Inside `injection_scope`: the scope's hooks inject; a second context would be appended twice.
+            if any(kwargs.get(name) is not None for name in CKT_FORWARD_KWARGS):
+                raise ValueError(
+                    "This call passes `teacher_inputs`/`ckt_context` inside `injection_scope`, which already injects "
+                    "its context: pass them to one of the two."
+                )
+        elif adapter_name is not None:
             injection = self._make_injection(adapter_name, kwargs.get("ckt_context"), kwargs.get("teacher_inputs"))
         with self._injecting(injection, peft_call=True):
             yield
@@ -734,8 +742,13 @@ class CKTModel(BaseTuner):
         adapter_name = adapter_name or self._active_adapter_name()
         injection = self._make_injection(adapter_name, ckt_context, teacher_inputs)
         injection.scoped = True
-        with self._injecting(injection):
-            yield injection.context
+        state = self._ckt_state()
+        state.scopes += 1
+        try:
+            with self._injecting(injection):
+                yield injection.context
+        finally:
+            state.scopes -= 1
 
     def __getattr__(self, name: str) -> Any:
         # PeftModel hands unknown attributes to this tuner, which hands them to the student. A student method reached

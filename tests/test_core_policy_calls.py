@@ -133,6 +133,12 @@ def test_injection_scope_computes_the_context_once_for_every_step(policy):
     torch.testing.assert_close(again, actions)
     with pytest.raises(RuntimeError, match="without the teacher's context"):
         policy.select_action(batch)
+    # A PeftModel call inside a scope uses the scope's context (once), and refuses a second one.
+    with policy.injection_scope(ckt_context=context):
+        loss, _ = policy(batch)
+        with pytest.raises(ValueError, match="inside `injection_scope`"):
+            policy(batch, teacher_inputs=teacher_inputs)
+    torch.testing.assert_close(loss, policy(batch, ckt_context=context)[0])
 
 
 def test_sequence_first_teacher_layer_is_read_batch_first():
