@@ -128,6 +128,13 @@ def test_loader_reads_the_v21_folders_written_before(tmp_path):
     (meta / "info.json").write_text(json.dumps({"codebase_version": "v2.1", "fps": 20, "features": features}))
     dataset = load_lerobot_dataset(root)
     assert dataset.num_episodes == 2 and dataset[3]["task"] == "task 1"
+    # Read, yes; appended to in the old layout, no (one line instead of a KeyError deep in the writer).
+    from peft_ckt.libero.dataset import LeRobotDatasetWriter
+
+    (meta / "info.json").unlink()
+    with pytest.raises(ValueError, match="earlier peft-ckt in the LeRobot v2.1 layout"):
+        LeRobotDatasetWriter(root, image_size=(16, 16), resume=True)
+    (meta / "info.json").write_text(json.dumps({"codebase_version": "v2.1", "fps": 20, "features": features}))
     episodes = read_episodes(root)
     assert [e["success"] for e in episodes] == [False, True] and episodes[1]["image"].shape == (3, 16, 16, 3)
 

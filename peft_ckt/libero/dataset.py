@@ -160,6 +160,11 @@ class LeRobotDatasetWriter:
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
+        if self.episodes and "data/chunk_index" not in self.episodes[0]:
+            raise ValueError(
+                f"{self.root} was started by an earlier peft-ckt in the LeRobot v2.1 layout (one parquet file per "
+                f"episode): it cannot be continued in v3.0; collect into a new folder"
+            )
         for episode in self.episodes:
             for task in episode["tasks"]:
                 self.tasks.setdefault(task, len(self.tasks))
