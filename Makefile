@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 # CPU torch first, then everything else under the same pin (see constraints.txt).
 EXTRAS ?= dev,libero,liberoplus,ray
 
-.PHONY: install test demo lint format clean
+.PHONY: install test demo lint format clean test-lerobot
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,17 @@ test: install
 
 demo: install
 	$(PY) examples/libero_transfer.py $(if $(QUICK),--quick) $(if $(ABLATIONS),--ablations)
+
+# LeRobot 0.4.4 in its own venv (torch 2.10 + torchvision 0.25 from PyPI, transformers < 5, hub < 0.36, diffusers
+# < 0.36: scripts/lerobot-constraints.txt); ~4 min and 11 GB on a cold cache, seconds when $(LEROBOT_VENV) is current.
+LEROBOT_VENV ?= .venv-lerobot
+
+$(LEROBOT_VENV)/.installed: pyproject.toml scripts/lerobot-constraints.txt scripts/lerobot_env.sh \
+		integrations/lerobot_policy_ckt/pyproject.toml
+	scripts/lerobot_env.sh $(LEROBOT_VENV)
+
+test-lerobot: $(LEROBOT_VENV)/.installed
+	HF_HUB_OFFLINE=1 $(LEROBOT_VENV)/bin/python -m pytest -q -x tests/lerobot
 
 lint: install
 	$(VENV)/bin/ruff check peft_ckt tests examples benchmarks

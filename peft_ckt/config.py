@@ -56,6 +56,9 @@ class CKTConfig(PeftConfig):
             Dotted path of the teacher module whose output is `H_T`, e.g. `"blocks.20"`. Later blocks never run.
         teacher_output_index (`int`, *optional*):
             When `teacher_layer` returns a tuple: the element that is `H_T` (a tuple is refused without it).
+        teacher_sequence_first (`bool`):
+            `teacher_layer` returns `[N, B, d_t]` (sequence first, e.g. the `nn.MultiheadAttention` encoder layers of
+            LeRobot's ACT) rather than `[B, N, d_t]`; the features are transposed before the bank.
         context_kwarg (`str`, *optional*):
             Keyword argument of the student's `forward` that carries the conditioning `E_t [B, L, d_s]`, e.g.
             `"encoder_hidden_states"` or `"inputs_embeds"`.
@@ -92,6 +95,13 @@ class CKTConfig(PeftConfig):
         metadata={
             "help": "Element of the teacher layer's output that is H_T, when that module returns a tuple (e.g. 0 for "
             "a block returning `(hidden_states, ...)`). A tuple output is refused while this is None."
+        },
+    )
+    teacher_sequence_first: bool = field(
+        default=False,
+        metadata={
+            "help": "The teacher layer's output is sequence-first [N, B, d_t] (e.g. ACT's encoder layers) instead of "
+            "[B, N, d_t]; it is transposed to batch-first before the adapter bank."
         },
     )
     context_kwarg: Optional[str] = field(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import re
 import types
 from collections.abc import Iterator, Mapping
@@ -43,6 +44,12 @@ from .teacher import (
 LAYER_NAME = "ckt"
 # Keyword arguments that belong to CKT, never to the student.
 CKT_FORWARD_KWARGS = ("teacher_inputs", "ckt_context")
+_NO_CONTEXT_ERROR = (
+    "The student ran {where} with its CKT adapter enabled but without the teacher's context (a method of the "
+    "student called outside `PeftModel.forward`, e.g. `select_action`). Wrap the call in `with "
+    "model.injection_scope(teacher_inputs=...):` (or `ckt_context=`), or use `with model.disable_adapter():` to run "
+    "the student alone."
+)
 
 
 class _ForwardInjection:
@@ -57,6 +64,7 @@ class _ForwardInjection:
         self.inject_module_output = False
         self.replace_module_placeholders = False
         self.prompt_length: Optional[int] = None  # mask length at prefill, where appended tokens sit in the cache
+        self.scoped = False  # set by `CKTModel.injection_scope`
 
     def before_student(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         kwargs = dict(kwargs)
@@ -127,7 +135,9 @@ class _ForwardInjection:
         return args, kwargs
 
     def after_target_module(self, module: nn.Module, args: tuple, output: Any) -> Any:
-        if not self.inject_module_output:
+        # In an injection scope every run of the target module is one pass of the student (e.g. the denoising
+        # steps of a policy's `select_action`, which call its submodules, not its forward).
+        if not (self.inject_module_output or (self.scoped and not self.route.embeds_input)):
             return output
         self.inject_module_output = False
         if not isinstance(output, torch.Tensor):
@@ -147,11 +157,18 @@ class _ForwardInjection:
                 "context was not injected. Target the module that produces the conditioning sequence on this call "
                 "path (or use `context_kwarg`)."
             )
-        # The student's own loss (when it returns one) gets the weighted load-balancing loss.
+        # The student's own loss (when it returns one) gets the weighted load-balancing loss: a ModelOutput / dict
+        # `loss`, or the scalar first element of a tuple (`return_dict=False`, LeRobot's `(loss, info)`).
+        if isinstance(output, tuple) and output and _is_scalar_loss(output[0]):
+            return (output[0] + self.aux_loss.to(output[0].dtype), *output[1:])
         loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
         if isinstance(loss, torch.Tensor):
             output["loss"] = loss + self.aux_loss.to(loss.dtype)
         return output
+
+
+def _is_scalar_loss(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.ndim == 0 and value.is_floating_point()
 
 
 def _detached(context: Optional[CKTContext]) -> Optional[CKTContext]:
@@ -176,7 +193,11 @@ class _RuntimeState:
         self.last_context: Optional[CKTContext] = None
         self.last_adapter: Optional[str] = None
         self.student_hooks: list[RemovableHandle] = []
+        self.guarded: set[nn.Module] = set()  # target modules carrying the no-context guard
         self.peft_calls = 0  # PeftModel forward/generate calls in progress (they inject through their own hooks)
+        self.injecting = 0  # calls and scopes in progress that inject a context (the student's guard checks it)
+        self.forwarded = 0  # student methods in progress that PeftModel handed over unchanged (`select_action`...)
+        self.scopes = 0  # `injection_scope` blocks open
 
     def __deepcopy__(self, memo: dict) -> _RuntimeState:
         new = _RuntimeState.__new__(_RuntimeState)
@@ -186,11 +207,18 @@ class _RuntimeState:
         new.last_context = _detached(self.last_context)
         new.last_adapter = self.last_adapter
         new.student_hooks = copy.deepcopy(self.student_hooks, memo)
-        new.peft_calls = 0
+        new.guarded = copy.deepcopy(self.guarded, memo)
+        new.peft_calls = new.injecting = new.forwarded = new.scopes = 0
         return new
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "last_context": _detached(self.last_context), "peft_calls": 0}
+        return {
+            **self.__dict__,
+            "last_context": _detached(self.last_context),
+            "peft_calls": 0,
+            "injecting": 0,
+            "forwarded": 0,
+        }
 
 
 def _validate_model_kwargs_without_ckt(self: nn.Module, model_kwargs: dict) -> Any:
@@ -327,6 +355,9 @@ class CKTModel(BaseTuner):
         state.extractors[adapter_name] = extractor
         state.routes[adapter_name] = route
         self._install_student_hooks(model)
+        if route.module is not None and not route.embeds_input and route.module not in state.guarded:
+            state.guarded.add(route.module)
+            state.student_hooks.append(route.module.register_forward_pre_hook(self._guard_target_module))
         if (route.module_name or LAYER_NAME) not in self.targeted_module_names:
             self.targeted_module_names.append(route.module_name or LAYER_NAME)
 
@@ -346,6 +377,7 @@ class CKTModel(BaseTuner):
         for handle in state.student_hooks:
             handle.remove()
         state.student_hooks.clear()
+        state.guarded.clear()
         if "_validate_model_kwargs" in vars(model):
             del model._validate_model_kwargs
 
@@ -353,6 +385,12 @@ class CKTModel(BaseTuner):
         """Permanent on the student: `teacher_inputs`/`ckt_context` never reach its forward. Inside a PeftModel call
         they were already used; with the adapter disabled they are ignored; on a direct call they are used here."""
         if not any(name in kwargs for name in CKT_FORWARD_KWARGS):
+            state = self._ckt_state()
+            layer = getattr(self.model, LAYER_NAME, None)
+            if state.forwarded and not state.injecting and layer is not None and not layer.disable_adapters:
+                route = state.routes.get(self._active_adapter_name())
+                if route is not None and route.context_kwarg is not None and route.module is None:
+                    raise RuntimeError(_NO_CONTEXT_ERROR.format(where="its forward"))
             return None
         ckt_kwargs = {name: kwargs[name] for name in CKT_FORWARD_KWARGS if kwargs.get(name) is not None}
         kwargs = {k: v for k, v in kwargs.items() if k not in CKT_FORWARD_KWARGS}
@@ -378,7 +416,11 @@ class CKTModel(BaseTuner):
         if injection.route.module is not None:
             handles.append(injection.route.module.register_forward_hook(injection.after_target_module))
 
+        state = self._ckt_state()
+        state.injecting += 1
+
         def finish(student: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+            state.injecting -= 1
             for handle in handles:
                 handle.remove()
             # `output` is None when the forward raised (this hook always runs): nothing to add to.
@@ -533,6 +575,8 @@ class CKTModel(BaseTuner):
                 "`PeftModel.from_pretrained`, call `model.attach_teacher(teacher)`, or pass `ckt_context=`."
             )
         features = extractor(teacher_inputs)
+        if config.teacher_sequence_first:  # [N, B, d_t] (e.g. ACT's encoder) -> [B, N, d_t]
+            features = features.transpose(0, 1)
         bank = self.get_bank(adapter_name)
         return features.to(device=bank.device, dtype=bank.dtype)
 
@@ -636,26 +680,105 @@ class CKTModel(BaseTuner):
             )
 
     @contextmanager
-    def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
-        # Entered by PeftModel around every forward/generate while an adapter is enabled.
+    def _injecting(self, injection: Optional[_ForwardInjection], peft_call: bool = False) -> Iterator[None]:
+        """Hooks that inject `injection` into every student forward (and target-module run) inside the block."""
         state = self._ckt_state()
-        adapter_name = self._adapter_for_call(kwargs.get("adapter_names"))
         handles = []
-        if adapter_name is not None:
-            injection = self._make_injection(adapter_name, kwargs.get("ckt_context"), kwargs.get("teacher_inputs"))
+        if injection is not None:
             handles = [
                 self.model.register_forward_pre_hook(injection.before_student, with_kwargs=True),
                 self.model.register_forward_hook(injection.after_student, with_kwargs=True),
             ]
             if injection.route.module is not None:
                 handles.append(injection.route.module.register_forward_hook(injection.after_target_module))
-        state.peft_calls += 1
+        state.peft_calls += peft_call
+        state.injecting += 1
         try:
             yield
         finally:
-            state.peft_calls -= 1
+            state.peft_calls -= peft_call
+            state.injecting -= 1
             for handle in handles:
                 handle.remove()
+
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
+        # Entered by PeftModel around every forward/generate while an adapter is enabled.
+        adapter_name = self._adapter_for_call(kwargs.get("adapter_names"))
+        injection = None
+        if self._ckt_state().scopes:
+            # Inside `injection_scope`: the scope's hooks inject; a second context would be appended twice.
+            if any(kwargs.get(name) is not None for name in CKT_FORWARD_KWARGS):
+                raise ValueError(
+                    "This call passes `teacher_inputs`/`ckt_context` inside `injection_scope`, which already injects "
+                    "its context: pass them to one of the two."
+                )
+        elif adapter_name is not None:
+            injection = self._make_injection(adapter_name, kwargs.get("ckt_context"), kwargs.get("teacher_inputs"))
+        with self._injecting(injection, peft_call=True):
+            yield
+
+    @contextmanager
+    def injection_scope(
+        self,
+        teacher_inputs: Optional[Mapping[str, Any]] = None,
+        ckt_context: Optional[Any] = None,
+        adapter_name: Optional[str] = None,
+    ) -> Iterator[CKTContext]:
+        """Injects one context into every run of the student inside the block, also where peft does not wrap the
+        call: methods of the student that `PeftModel` hands to the base model unchanged (a LeRobot policy's
+        `select_action` / `predict_action_chunk`, a sampler calling the student's submodules).
+
+        The teacher and the bank run once, on entry (or `ckt_context` is used as given), so every denoising step of
+        one predicted chunk sees the same context. With a `target_modules` route every run of the target module
+        gets the context; with a `context_kwarg` route every call of the student's forward does. Outside a scope,
+        a student with an enabled CKT adapter that runs without a context raises instead of silently running
+        alone.
+
+        Example:
+            with model.injection_scope(teacher_inputs=teacher_batch) as context:
+                actions = model.select_action(batch)
+        """
+        adapter_name = adapter_name or self._active_adapter_name()
+        injection = self._make_injection(adapter_name, ckt_context, teacher_inputs)
+        injection.scoped = True
+        state = self._ckt_state()
+        state.scopes += 1
+        try:
+            with self._injecting(injection):
+                yield injection.context
+        finally:
+            state.scopes -= 1
+
+    def __getattr__(self, name: str) -> Any:
+        # PeftModel hands unknown attributes to this tuner, which hands them to the student. A student method reached
+        # that way (a LeRobot policy's `select_action`) runs guarded: the student must not run in it without a
+        # context (`_guard_target_module`, `_student_pre_hook`). Direct calls of the student stay as they are.
+        attr = super().__getattr__(name)
+        if not isinstance(attr, types.MethodType) or attr.__self__ is not self.__dict__["_modules"].get("model"):
+            return attr
+        state = self._ckt_state()
+
+        @functools.wraps(attr)
+        def forwarded(*args: Any, **kwargs: Any) -> Any:
+            state.forwarded += 1
+            try:
+                return attr(*args, **kwargs)
+            finally:
+                state.forwarded -= 1
+
+        return forwarded
+
+    def _guard_target_module(self, module: nn.Module, args: tuple) -> None:
+        """Permanent on a target module: inside a forwarded student method, it must not run with an enabled adapter
+        and no context being injected."""
+        state = self._ckt_state()
+        layer = getattr(self.model, LAYER_NAME, None)
+        if not state.forwarded or state.injecting or layer is None or layer.disable_adapters:
+            return
+        route = state.routes.get(self._active_adapter_name())
+        if route is not None and route.module is module:
+            raise RuntimeError(_NO_CONTEXT_ERROR.format(where=f"its target module `{route.module_name}`"))
 
     # ------------------------------------------------------------------ state dict naming
     @classmethod

@@ -84,6 +84,7 @@ def cache_teacher_features(
     output_dir: str,
     *,
     teacher_output_index: Optional[int] = None,
+    teacher_sequence_first: bool = False,
     dtype: str = "fp32",
     batch_size: int = 8,
     max_shard_size_mb: float = 512.0,
@@ -102,6 +103,7 @@ def cache_teacher_features(
         teacher: the frozen teacher module (put it in the dtype you want it to run in).
         teacher_layer: dotted path of the layer whose output is cached (the CKT config's `teacher_layer`).
         teacher_output_index: the tuple element of that layer's output to cache (the config's `teacher_output_index`).
+        teacher_sequence_first: that output is `[N, B, d_t]` (the config's `teacher_sequence_first`); cached batch-first.
         dataset: map-style dataset; samples hold `teacher_inputs` (see `teacher_inputs_fn`) and ideally `index`.
         output_dir: the cache folder (created).
         dtype: storage dtype: "fp32", "fp16" or "bf16".
@@ -152,6 +154,8 @@ def cache_teacher_features(
         )
         for batch in loader:
             features = extractor(teacher_inputs_fn(batch))  # [B, N, d_t], detached
+            if teacher_sequence_first:
+                features = features.transpose(0, 1).contiguous()
             indices = _sample_indices(batch, my_indices[0] + offset if my_indices else 0, features.shape[0])
             if len(indices) != features.shape[0]:
                 raise ValueError(

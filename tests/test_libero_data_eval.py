@@ -38,14 +38,20 @@ def test_dataset_round_trip(tmp_path):
     writer.finalize()
     info = json.loads((tmp_path / "ds" / "meta" / "info.json").read_text())
     assert info["total_episodes"] == 2 and info["total_frames"] == 7 and info["features"]["action"]["shape"] == [7]
+    # LeRobot v3.0: several episodes in one data file, episode and task tables in parquet, stats for every camera.
+    assert info["codebase_version"] == "v3.0" and info["data_path"].endswith("file-{file_index:03d}.parquet")
+    assert sorted(p.name for p in (tmp_path / "ds" / "data" / "chunk-000").iterdir()) == ["file-000.parquet"]
+    meta = tmp_path / "ds" / "meta"
+    assert (meta / "tasks.parquet").is_file() and (meta / "episodes" / "chunk-000" / "file-000.parquet").is_file()
+    stats = json.loads((meta / "stats.json").read_text())
+    assert np.asarray(stats["observation.images.image"]["mean"]).shape == (3, 1, 1)
+    assert stats["action"]["count"] == [7]
 
     # Plain `datasets` reads the parquet files with images decoded.
     raw = datasets.load_dataset("parquet", data_files=str(tmp_path / "ds" / "data" / "*" / "*.parquet"), split="train")
     assert isinstance(raw.features["observation.images.image"], datasets.Image)
-    assert {"observation.state", "action", "episode_index", "frame_index", "task_index", "task"} <= set(
-        raw.column_names
-    )
-    assert raw[5]["task"] == "task 1"
+    assert {"observation.state", "action", "episode_index", "frame_index", "task_index"} <= set(raw.column_names)
+    assert raw[5]["task_index"] == 1
 
     dataset = load_lerobot_dataset(tmp_path / "ds")
     assert len(dataset) == 7 and dataset.num_episodes == 2
@@ -58,6 +64,79 @@ def test_dataset_round_trip(tmp_path):
     np.testing.assert_array_equal(item["observation.images.wrist_image"], images["wrist_image"][2])  # PNG: lossless
     with pytest.raises(FileExistsError):
         LeRobotDatasetWriter(tmp_path / "ds")
+    # The episode metadata (the `success` field) travels in meta/episodes/ and into the arrays of each episode.
+    arrays = dataset.episode_arrays()
+    assert [e["success"] for e in arrays] == [True, True] and arrays[1]["task"] == "task 1"
+    np.testing.assert_array_equal(arrays[1]["image"][2], images["image"][2])
+    assert arrays[0]["state"].shape == (4, 8) and arrays[1]["wrist_image"].shape == (3, 16, 16, 3)
+
+
+def test_dataset_files_take_several_episodes_up_to_their_size(tmp_path):
+    from peft_ckt.libero.dataset import LeRobotDatasetWriter, load_lerobot_dataset
+
+    rng = np.random.default_rng(1)
+    writer = LeRobotDatasetWriter(tmp_path / "ds", image_size=(16, 16), data_files_size_in_mb=0.004)
+    for i in range(3):
+        writer.add_episode(*_episode(rng, 3), task="task", extra={"success": i != 1})
+    writer.finalize()
+    files = sorted(p.name for p in (tmp_path / "ds" / "data" / "chunk-000").iterdir())
+    assert len(files) >= 2
+    dataset = load_lerobot_dataset(tmp_path / "ds")
+    assert [e["data/file_index"] for e in dataset.episodes] == sorted(e["data/file_index"] for e in dataset.episodes)
+    assert [(e["dataset_from_index"], e["dataset_to_index"]) for e in dataset.episodes] == [(0, 3), (3, 6), (6, 9)]
+    assert [e["success"] for e in dataset.episode_arrays()] == [True, False, True]
+
+
+def test_loader_reads_the_v21_folders_written_before(tmp_path):
+    """Folders written by earlier versions (v2.1: one parquet per episode, jsonl metadata, a `task` column)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from peft_ckt.libero.dataset import encode_png, load_lerobot_dataset
+    from peft_ckt.wam.data import read_episodes
+
+    root = tmp_path / "v21"
+    rng = np.random.default_rng(2)
+    (root / "data" / "chunk-000").mkdir(parents=True)
+    for ep, length in enumerate([2, 3]):
+        states, actions, images = _episode(rng, length)
+        table = {
+            "observation.state": states.tolist(),
+            **{
+                f"observation.images.{k}": [{"bytes": encode_png(f), "path": None} for f in v]
+                for k, v in images.items()
+            },
+            "action": actions.tolist(),
+            "timestamp": [t / 20 for t in range(length)],
+            "frame_index": list(range(length)),
+            "episode_index": [ep] * length,
+            "index": list(range(2 * ep, 2 * ep + length)),
+            "task_index": [ep] * length,
+            "task": [f"task {ep}"] * length,
+        }
+        pq.write_table(pa.table(table), root / "data" / "chunk-000" / f"episode_{ep:06d}.parquet")
+    meta = root / "meta"
+    meta.mkdir()
+    (meta / "episodes.jsonl").write_text(
+        "".join(json.dumps({"episode_index": e, "tasks": [f"task {e}"], "length": n, "success": e == 1}) + "\n"
+                for e, n in enumerate([2, 3]))
+    )  # fmt: skip
+    (meta / "tasks.jsonl").write_text(
+        "".join(json.dumps({"task_index": e, "task": f"task {e}"}) + "\n" for e in (0, 1))
+    )
+    features = {f"observation.images.{k}": {"dtype": "image", "shape": [16, 16, 3]} for k in ("image", "wrist_image")}
+    (meta / "info.json").write_text(json.dumps({"codebase_version": "v2.1", "fps": 20, "features": features}))
+    dataset = load_lerobot_dataset(root)
+    assert dataset.num_episodes == 2 and dataset[3]["task"] == "task 1"
+    # Read, yes; appended to in the old layout, no (one line instead of a KeyError deep in the writer).
+    from peft_ckt.libero.dataset import LeRobotDatasetWriter
+
+    (meta / "info.json").unlink()
+    with pytest.raises(ValueError, match="earlier peft-ckt in the LeRobot v2.1 layout"):
+        LeRobotDatasetWriter(root, image_size=(16, 16), resume=True)
+    (meta / "info.json").write_text(json.dumps({"codebase_version": "v2.1", "fps": 20, "features": features}))
+    episodes = read_episodes(root)
+    assert [e["success"] for e in episodes] == [False, True] and episodes[1]["image"].shape == (3, 16, 16, 3)
 
 
 def test_loader_reads_v3_video_layout(tmp_path):

@@ -198,9 +198,17 @@ def test_collection_killed_half_way_resumes_to_a_complete_dataset(tmp_path):
     torn = tmp_path / "torn"
     _kill_at_second_episode(tmp_path, [*COLLECT_ARGS, "--output", str(torn)])
     assert len(read_records(torn / "meta" / "episodes.jsonl")) == 1
-    # Leftovers of a kill a moment later: the next episode's parquet file without its line, half a line.
-    first = torn / "data" / "chunk-000" / "episode_000000.parquet"
-    (first.parent / "episode_000001.parquet").write_bytes(first.read_bytes())
+    # Leftovers of a kill a moment later: the next episode's frames in the data file without its line, half a line.
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    data_file = torn / "data" / "chunk-000" / "file-000.parquet"
+    table = pq.read_table(data_file)
+    ghost = table.set_column(
+        table.column_names.index("episode_index"), "episode_index", pc.add(table.column("episode_index"), 1)
+    )
+    pq.write_table(pa.concat_tables([table, ghost]), data_file)
     _tear_last_line(torn / "meta" / "episodes.jsonl")
 
     # The incomplete folder is reported in one line wherever it is met.
@@ -224,8 +232,9 @@ def test_collection_killed_half_way_resumes_to_a_complete_dataset(tmp_path):
         assert got[0] == want[0]
         for a, b in zip(got[1:], want[1:]):
             np.testing.assert_array_equal(a, b)
-    for name in ("info.json", "tasks.jsonl", "episodes.jsonl", "stats.json"):
+    for name in ("info.json", "episodes.jsonl", "stats.json"):
         assert (torn / "meta" / name).read_text() == (straight / "meta" / name).read_text(), name
+    assert resumed.tasks == expected.tasks and resumed.episodes == expected.episodes
     # A finished collection resumed again has nothing to do and stays as it is.
     assert main([*COLLECT_ARGS, "--output", str(torn), "--workers", "0", "--no-progress", "--resume"]) == 0
     assert (torn / "meta" / "stats.json").read_text() == (straight / "meta" / "stats.json").read_text()

@@ -8,11 +8,8 @@ uint8 / float32 tensors: the 32 px datasets of the demo take a few MB per hundre
 
 from __future__ import annotations
 
-import io
-import json
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -22,41 +19,19 @@ from torch.utils.data import Dataset
 IMAGE_KEYS = ("observation.images.image", "observation.images.wrist_image")
 
 
-def _decode(cell: Any) -> np.ndarray:
-    from PIL import Image
-
-    data = cell["bytes"] if isinstance(cell, dict) else cell
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-
-
 def read_episodes(root: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every episode of a dataset folder written by `LeRobotDatasetWriter`, as arrays.
+    """Every episode of a LeRobot dataset folder (v3.0, or the v2.1 folders written before), as arrays.
 
     Returns one dict per episode: `state [T, 8]`, `action [T, 7]`, `image` / `wrist_image [T, H, W, 3]` uint8,
-    `task` (instruction) and the episode metadata (`task_id`, `init_index`, `perturbation`, ...).
+    `task` (instruction) and the episode metadata (`task_id`, `init_index`, `perturbation`, ...). Read through
+    `peft_ckt.libero.dataset.load_lerobot_dataset`, the package's one LeRobot reader.
     """
-    import pyarrow.parquet as pq
+    from ..libero.dataset import load_lerobot_dataset
 
-    root = Path(root)
-    meta_file = root / "meta" / "episodes.jsonl"
-    if not meta_file.is_file():
-        raise FileNotFoundError(f"{meta_file} not found: not a finished LeRobot dataset folder")
-    metadata = {row["episode_index"]: row for row in map(json.loads, meta_file.read_text().splitlines()) if row}
-    episodes = []
-    for file in sorted((root / "data").glob("*/*.parquet")):
-        table = pq.read_table(file).to_pydict()
-        index = int(table["episode_index"][0])
-        episodes.append(
-            {
-                **metadata.get(index, {}),
-                "episode_index": index,
-                "task": table["task"][0],
-                "state": np.asarray(table["observation.state"], dtype=np.float32),
-                "action": np.asarray(table["action"], dtype=np.float32),
-                "image": np.stack([_decode(c) for c in table[IMAGE_KEYS[0]]]),
-                "wrist_image": np.stack([_decode(c) for c in table[IMAGE_KEYS[1]]]),
-            }
-        )
+    episodes = load_lerobot_dataset(root).episode_arrays()
+    missing = [k for k in IMAGE_KEYS if k[len("observation.images.") :] not in (episodes[0] if episodes else {})]
+    if missing:
+        raise ValueError(f"{root}: the world action model needs the cameras {list(IMAGE_KEYS)}; missing {missing}")
     return episodes
 
 

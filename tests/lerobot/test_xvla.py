@@ -1,0 +1,108 @@
+"""An X-VLA student (LeRobot's `xvla`, built from a local config: no Hub) with CKT injected through its text
+embedding `model.vlm.language_model.model.shared`, alone and as the student of a `ckt` policy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lerobot.configs.types import FeatureType, PolicyFeature
+
+INJECTION = "model.vlm.language_model.model.shared"
+IMAGE, WRIST, STATE = "observation.images.image", "observation.images.wrist_image", "observation.state"
+FEATURES = {
+    IMAGE: PolicyFeature(FeatureType.VISUAL, (3, 32, 32)),
+    WRIST: PolicyFeature(FeatureType.VISUAL, (3, 32, 32)),
+    STATE: PolicyFeature(FeatureType.STATE, (8,)),
+}
+# A tiny Florence-2 (DaViT vision tower + BART text model), built locally.
+FLORENCE = {
+    "vision_config": {"dim_embed": [16, 16, 16, 32], "num_heads": [2, 2, 2, 2], "num_groups": [2, 2, 2, 2],
+                      "depths": [1, 1, 1, 1], "window_size": 2, "projection_dim": 32, "drop_path_rate": 0.0,
+                      "image_pos_embed": {"type": "learned_abs_2d", "max_pos_embeddings": 50},
+                      "visual_temporal_embedding": {"type": "COSINE", "max_temporal_embeddings": 100},
+                      "image_feature_source": ["spatial_avg_pool", "temporal_avg_pool"]},
+    "text_config": {"vocab_size": 100, "d_model": 32, "encoder_layers": 1, "decoder_layers": 1,
+                    "encoder_attention_heads": 2, "decoder_attention_heads": 2, "encoder_ffn_dim": 64,
+                    "decoder_ffn_dim": 64, "max_position_embeddings": 128},
+    "projection_dim": 32,
+    "vocab_size": 100,
+}  # fmt: skip
+BANK = dict(num_context_tokens=2, num_experts=3, top_k=2, bottleneck_dim=8, router_hidden_dim=8,
+            num_attention_heads=2, adapter_dropout=0.0, load_balance_weight=0.5)  # fmt: skip
+
+
+def tiny_xvla():
+    from lerobot.policies.xvla.configuration_xvla import XVLAConfig
+    from lerobot.policies.xvla.modeling_xvla import XVLAPolicy
+
+    torch.manual_seed(0)
+    config = XVLAConfig(
+        florence_config=FLORENCE, hidden_size=32, depth=1, num_heads=2, len_soft_prompts=4, chunk_size=4,
+        n_action_steps=4, num_denoising_steps=2, max_len_seq=128, device="cpu", input_features=dict(FEATURES),
+        output_features={"action": PolicyFeature(FeatureType.ACTION, (20,))},
+    )  # fmt: skip
+    return XVLAPolicy(config)
+
+
+def batch(size: int = 2) -> dict:
+    generator = torch.Generator().manual_seed(0)
+    return {
+        IMAGE: torch.rand(size, 3, 32, 32, generator=generator),
+        WRIST: torch.rand(size, 3, 32, 32, generator=generator),
+        STATE: torch.randn(size, 8, generator=generator),
+        "observation.language.tokens": torch.randint(3, 100, (size, 6), generator=generator),
+        "action": torch.randn(size, 4, 20, generator=generator),
+        "task": ["put the soup in the basket"] * size,
+    }
+
+
+def test_ckt_on_an_xvla_student_through_its_text_embedding():
+    from peft import get_peft_model
+
+    from peft_ckt import CKTConfig
+    from peft_ckt.testing import TinyWorldActionModel
+
+    teacher = TinyWorldActionModel(obs_dim=5, text_dim=4, width=12, num_blocks=2).eval()
+    teacher_inputs = {"observation": torch.randn(2, 3, 5), "text_embeds": torch.randn(2, 2, 4)}
+    model = get_peft_model(
+        tiny_xvla(), CKTConfig(teacher=teacher, teacher_layer="blocks.0", target_modules=INJECTION, **BANK)
+    )
+    assert model.base_model.get_bank().student_hidden_size == 32  # the text embedding's width
+    loss, _ = model(batch(), teacher_inputs=teacher_inputs)
+    assert model.auxiliary_loss().item() > 0 and torch.isfinite(loss)
+    loss.backward()
+    assert any(p.grad is not None for p in model.base_model.get_bank().parameters())
+    with torch.no_grad():
+        torch.manual_seed(1)
+        with model.injection_scope(teacher_inputs=teacher_inputs):
+            with_ckt = model.predict_action_chunk(batch())
+        torch.manual_seed(1)
+        with model.disable_adapter():
+            alone = model.predict_action_chunk(batch())
+    assert with_ckt.shape == (2, 4, 20) and not torch.allclose(with_ckt, alone)
+    with pytest.raises(RuntimeError, match="without the teacher's context"):
+        model.predict_action_chunk(batch())
+
+
+def test_ckt_policy_with_an_xvla_student_and_a_wam_teacher(tmp_path):
+    from lerobot_policy_ckt import CKTConfig, CKTWamConfig
+    from lerobot_policy_ckt.modeling_ckt import CKTPolicy
+    from lerobot_policy_ckt.modeling_ckt_wam import CKTWamPolicy
+
+    tiny_xvla().save_pretrained(tmp_path / "student")
+    from peft_ckt.wam.tokenizer import build_vocabulary
+
+    words = build_vocabulary(["put the soup in the basket"])
+    wam = CKTWamConfig(backbone="wan", vocabulary=words, device="cpu",
+                       input_features=dict(FEATURES), output_features={"action": PolicyFeature(FeatureType.ACTION, (7,))})  # fmt: skip
+    CKTWamPolicy(wam).save_pretrained(tmp_path / "teacher")
+    config = CKTConfig(student_path=str(tmp_path / "student"), teacher_path=str(tmp_path / "teacher"),
+                       target_modules=[INJECTION], device="cpu", **BANK)  # fmt: skip
+    policy = CKTPolicy(config)
+    loss, info = policy.forward(batch())
+    assert torch.isfinite(loss) and info["ckt_load_balance_loss"] > 0
+    policy.save_pretrained(tmp_path / "ckt")
+    reloaded = CKTPolicy.from_pretrained(tmp_path / "ckt")
+    torch.manual_seed(2)
+    actions = reloaded.select_action(batch())
+    assert actions.shape == (2, 20)
