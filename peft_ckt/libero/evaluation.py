@@ -8,13 +8,30 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from ..atomic import atomic_path, write_json, write_text
-from .parallel import cached_policy, check_backend, episode_env, run_jobs
-from .perturbations import LIBERO_PLUS_COLUMNS, PERTURBATIONS, Perturbation, expand_perturbations
+from ..atomic import write_json, write_text
+from .episode import check_n_action_steps, episode_policy, play_episode, policy_spec, write_video
+from .parallel import check_backend, episode_env
+from .perturbations import Perturbation, expand_perturbations
 from .records import open_episode_log
+from .runner import run_episode_jobs
 from .runtime import LiberoConfigError
+from .tables.libero import bar_chart, markdown_report, summarize
+
+# Names other code imports from here: the episode helpers and the report of this benchmark.
+__all__ = [
+    "EpisodeJob",
+    "EpisodeResult",
+    "bar_chart",
+    "check_n_action_steps",
+    "episode_policy",
+    "evaluate_libero",
+    "markdown_report",
+    "play_episode",
+    "run_episode",
+    "run_episode_row",
+    "summarize",
+    "write_video",
+]
 
 
 @dataclass(frozen=True)
@@ -47,25 +64,6 @@ class EpisodeResult:
     steps: int
     seconds: float
     video: str | None = None
-
-
-def check_n_action_steps(n_action_steps: int | None) -> None:
-    if n_action_steps is not None and (isinstance(n_action_steps, bool) or n_action_steps < 1):
-        raise ValueError(f"n_action_steps must be >= 1 (or None: the policy's own); got {n_action_steps}")
-
-
-def _load_policy(spec: str, trust_remote_code: bool = False, n_action_steps: int | None = None):
-    from .policy import load_policy
-
-    policy = load_policy(spec, trust_remote_code=trust_remote_code)
-    if n_action_steps is not None:
-        policy.n_action_steps = n_action_steps
-    return policy
-
-
-def episode_policy(spec: str, trust_remote_code: bool = False, n_action_steps: int | None = None):
-    """An episode's policy, loaded once per process (cached by its folder and its `n_action_steps` override)."""
-    return cached_policy(f"{spec}|{n_action_steps}", lambda: _load_policy(spec, trust_remote_code, n_action_steps))
 
 
 def run_episode(job: EpisodeJob) -> EpisodeResult:
@@ -115,164 +113,10 @@ def run_episode(job: EpisodeJob) -> EpisodeResult:
     )
 
 
-def play_episode(
-    env, policy, init_index: int, lazy_render: bool, render_every_step: bool, record: bool
-) -> tuple[bool, list[np.ndarray]]:
-    """Reset `env` to `init_index` and run `policy` until success or the step limit; returns the success and, with
-    `record`, the agent-view frames (the last one after the final step)."""
-    policy.reset()
-    observation = env.reset(init_index)
-    frames: list[np.ndarray] = []
-    success = env.check_success()
-    while not success and env.num_steps < env.max_steps:
-        if lazy_render and policy.needs_observation():
-            observation = env.render_observation()
-        if record:
-            kept = observation.get("observation.images.image") if render_every_step else env.render("image", True)
-            frames.append(kept)
-        observation, _, terminated, truncated, info = env.step(np.asarray(policy.select_action(observation)))
-        success = bool(info["is_success"])
-        if terminated or truncated:
-            break
-    if record:
-        frames.append(env.render("image", for_record=True))  # noise of its own: the policy's stream is untouched
-    return success, frames
-
-
-def write_video(path: str | os.PathLike, frames: list[np.ndarray], fps: int = 20) -> None:
-    """MP4 (H.264 through imageio-ffmpeg); sides padded to even sizes as yuv420p requires."""
-    import imageio.v2 as imageio
-
-    if not frames:
-        return
-    height, width = frames[0].shape[:2]
-    pad = ((0, height % 2), (0, width % 2), (0, 0))
-    with (
-        atomic_path(path, suffix=".mp4") as tmp,
-        imageio.get_writer(tmp, fps=fps, codec="libx264", quality=7, macro_block_size=1) as writer,
-    ):
-        for frame in frames:
-            writer.append_data(np.pad(frame, pad, mode="edge"))
-
-
-# ----------------------------------------------------------------------------- summary and reports
-def _rate(results: list[dict[str, Any]]) -> float | None:
-    return float(np.mean([r["success"] for r in results])) if results else None
-
-
-def summarize(episodes: list[dict[str, Any]]) -> dict[str, Any]:
-    """Success rates overall, by task, by perturbation, and in the LIBERO-Plus columns."""
-    by_task: dict[str, dict[str, Any]] = {}
-    for name in dict.fromkeys(e["task"] for e in episodes):
-        subset = [e for e in episodes if e["task"] == name]
-        by_task[name] = {"task_id": subset[0]["task_id"], "success_rate": _rate(subset), "episodes": len(subset)}
-    by_perturbation: dict[str, dict[str, Any]] = {}
-    for kind in ["none", *PERTURBATIONS]:
-        subset = [e for e in episodes if e["perturbation"] == kind]
-        if subset:
-            by_perturbation[kind] = {"success_rate": _rate(subset), "episodes": len(subset)}
-    perturbed = [e for e in episodes if e["perturbation"] != "none"]
-    libero_plus: dict[str, float | None] = {"Original": by_perturbation.get("none", {}).get("success_rate")}
-    for kind, column in LIBERO_PLUS_COLUMNS.items():
-        libero_plus[column] = by_perturbation.get(kind, {}).get("success_rate")
-    # LIBERO-Plus "Total" is over the perturbed episodes; with no perturbation evaluated it is the plain rate.
-    libero_plus["Total"] = _rate(perturbed) if perturbed else _rate(episodes)
-    return {
-        "success_rate": _rate(episodes),
-        "num_episodes": len(episodes),
-        "num_successes": int(sum(e["success"] for e in episodes)),
-        "by_task": by_task,
-        "by_perturbation": by_perturbation,
-        "libero_plus": libero_plus,
-    }
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
-
-
-def markdown_report(results: dict[str, Any]) -> str:
-    """LIBERO-Plus style table (success %, one row per policy) plus a per-task table."""
-    summary, config = results["summary"], results["config"]
-    columns = list(summary["libero_plus"])
-    if summary["libero_plus"]["Original"] is None:
-        columns.remove("Original")
-    lines = [
-        f"# LIBERO evaluation: {config['suite']}",
-        "",
-        f"Policy `{config['policy']}`, {summary['num_episodes']} episodes, severity {config['severity']}, "
-        f"seed {config['seed']}. Success rate in %.",
-        "",
-        "| Policy | " + " | ".join(columns) + " |",
-        "|---|" + "---:|" * len(columns),
-        f"| {config['policy_name']} | " + " | ".join(_pct(summary["libero_plus"][c]) for c in columns) + " |",
-        "",
-        "| Task | Episodes | Success |",
-        "|---|---:|---:|",
-    ]
-    for name, row in summary["by_task"].items():
-        lines.append(f"| {row['task_id']}: {name} | {row['episodes']} | {_pct(row['success_rate'])} |")
-    speed = results.get("speed", {})
-    if speed.get("steps_per_second") and speed.get("episode_steps_per_second"):
-        lines += [
-            "",
-            f"{speed['env_steps']} environment steps in {speed['wall_seconds']:.1f} s with {speed['workers']} "
-            f"worker(s): {speed['steps_per_second']:.1f} steps/s overall, "
-            f"{speed['episode_steps_per_second']:.1f} steps/s per worker inside episodes.",
-        ]
-    if speed.get("episodes_resumed"):
-        lines += ["", f"{speed['episodes_resumed']} episode(s) resumed from an interrupted run's episodes.jsonl."]
-    return "\n".join(lines) + "\n"
-
-
-def bar_chart(results: dict[str, Any], path: str | os.PathLike) -> None:
-    """Success rate by perturbation (LIBERO-Plus columns) and by task, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    summary = results["summary"]
-    plus = {k: v for k, v in summary["libero_plus"].items() if v is not None}
-    tasks = summary["by_task"]
-    fig, axes = plt.subplots(
-        1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [max(len(plus), 2), max(len(tasks), 2)]}
-    )
-    for ax, labels, values, title in (
-        (axes[0], list(plus), [100 * v for v in plus.values()], "By perturbation (LIBERO-Plus)"),
-        (
-            axes[1],
-            [str(r["task_id"]) for r in tasks.values()],
-            [100 * r["success_rate"] for r in tasks.values()],
-            "By task",
-        ),
-    ):
-        bars = ax.bar(labels, values, color="#4C72B0")
-        ax.set_ylim(0, 105)
-        ax.set_ylabel("success (%)")
-        ax.set_title(title)
-        ax.bar_label(bars, fmt="%.0f", fontsize=8)
-        ax.tick_params(axis="x", labelrotation=30)
-    axes[1].set_xlabel("task id")
-    fig.suptitle(f"{results['config']['suite']}: {results['config']['policy_name']}")
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-
-
 # ----------------------------------------------------------------------------- entry point
-def _policy_spec(policy: str | os.PathLike) -> str:
-    """'scripted' or the absolute path of a policy / adapter folder (FileNotFoundError otherwise)."""
-    policy_spec = str(policy) if str(policy) == "scripted" else str(Path(policy).resolve())
-    if policy_spec != "scripted" and not any(
-        (Path(policy_spec) / name).is_file() for name in ("config.json", "adapter_config.json")
-    ):
-        raise FileNotFoundError(
-            f"--policy must be 'scripted', a policy folder with config.json or an adapter folder with "
-            f"adapter_config.json; got {policy}"
-        )
-    return policy_spec
+def run_episode_row(job: EpisodeJob) -> dict[str, Any]:
+    """`run_episode` as the row the episode log stores (module level: sent to worker processes)."""
+    return asdict(run_episode(job))
 
 
 def evaluate_libero(
@@ -327,10 +171,10 @@ def evaluate_libero(
         bad = [t for t in task_ids if not 0 <= t < total_tasks]
         if bad:
             raise ValueError(f"{suite} has tasks 0..{total_tasks - 1}; got {bad}")
-        policy_spec = _policy_spec(policy)
+        spec = policy_spec(policy)
         from .policy import check_policy_spec
 
-        check_policy_spec(policy_spec, trust_remote_code)  # before any worker starts, nothing imported
+        check_policy_spec(spec, trust_remote_code)  # before any worker starts, nothing imported
         check_backend(backend, num_workers, ray_gpus_per_worker)
     except (ValueError, FileNotFoundError) as err:
         raise LiberoConfigError(str(err)) from err
@@ -341,8 +185,8 @@ def evaluate_libero(
         "episodes_per_task": episodes,
         "perturbations": kinds,
         "severity": severity,
-        "policy": policy_spec,
-        "policy_name": "scripted expert" if policy_spec == "scripted" else Path(policy_spec).name,
+        "policy": spec,
+        "policy_name": "scripted expert" if spec == "scripted" else Path(spec).name,
         "image_size": image_size,
         "seed": seed,
         "max_steps": max_steps or SUITE_MAX_STEPS[suite],
@@ -358,7 +202,6 @@ def evaluate_libero(
         video_dir.mkdir(exist_ok=True)
     # The video flag changes the episode records (their `video` path), so it belongs to what a resume must match.
     recorded, log = open_episode_log(out, {**config, "video": video}, "resume" if resume else "new")
-    done = {(r["task_id"], r["perturbation"], r["init_index"]): r for r in recorded}
     jobs = [
         EpisodeJob(
             suite=suite,
@@ -366,7 +209,7 @@ def evaluate_libero(
             init_index=init_offset + k,
             perturbation=kind,
             severity=severity,
-            policy=policy_spec,
+            policy=spec,
             image_size=image_size,
             seed=seed,
             max_steps=max_steps,
@@ -378,42 +221,25 @@ def evaluate_libero(
         for kind in kinds
         for k in range(episodes)
     ]
-    order = {(j.task_id, j.perturbation, j.init_index): i for i, j in enumerate(jobs)}
-    todo = [j for j in jobs if (j.task_id, j.perturbation, j.init_index) not in done]
-    ray_options = {"backend": backend, "ray_address": ray_address, "ray_gpus_per_worker": ray_gpus_per_worker}
-    pool: dict[str, Any] = {"workers": 0}
-    start = time.perf_counter()
-    ran = []
-    with log:
-        if todo:
-            for result in run_jobs(
-                run_episode, todo, num_workers, desc=f"eval {suite}", progress=progress, info=pool, **ray_options
-            ):
-                row = asdict(result)
-                log.append(row)
-                ran.append(row)
-    wall = time.perf_counter() - start
-    for row in ran:
-        done[(row["task_id"], row["perturbation"], row["init_index"])] = row
-    collected = sorted(done.values(), key=lambda r: order[(r["task_id"], r["perturbation"], r["init_index"])])
-    # Speed of the episodes this call ran (a resumed call did not time the recorded ones).
-    env_steps = int(sum(r["steps"] for r in ran))
-    episode_seconds = float(sum(r["seconds"] for r in ran))
+    run = run_episode_jobs(
+        jobs,
+        run_episode_row,
+        log=log,
+        recorded=recorded,
+        job_key=lambda j: (j.task_id, j.perturbation, j.init_index),
+        row_key=lambda r: (r["task_id"], r["perturbation"], r["init_index"]),
+        num_workers=num_workers,
+        desc=f"eval {suite}",
+        progress=progress,
+        backend=backend,
+        ray_address=ray_address,
+        ray_gpus_per_worker=ray_gpus_per_worker,
+    )
     results = {
         "config": config,
-        "episodes": collected,
-        "summary": summarize(collected),
-        "speed": {
-            "episodes_run": len(ran),
-            "episodes_resumed": len(collected) - len(ran),
-            "env_steps": env_steps,
-            "wall_seconds": round(wall, 2),
-            "workers": pool["workers"],
-            "backend": backend,
-            "steps_per_second": round(env_steps / wall, 2) if ran and wall > 0 else None,
-            # Inside episodes only (no process start-up or env creation): the simulation + policy rate per worker.
-            "episode_steps_per_second": round(env_steps / episode_seconds, 2) if episode_seconds > 0 else None,
-        },
+        "episodes": run.rows,
+        "summary": summarize(run.rows),
+        "speed": run.speed(per_episode=True),
     }
     write_json(out / "results.json", results)
     write_text(out / "results.md", markdown_report(results))

@@ -1,0 +1,86 @@
+"""One episode of a LIBERO policy, shared by both benchmarks: the policy loaded once per worker, the episode played,
+its video written."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_path
+from .parallel import cached_policy
+
+__all__ = ["check_n_action_steps", "episode_policy", "play_episode", "policy_spec", "write_video"]
+
+
+def check_n_action_steps(n_action_steps: int | None) -> None:
+    if n_action_steps is not None and (isinstance(n_action_steps, bool) or n_action_steps < 1):
+        raise ValueError(f"n_action_steps must be >= 1 (or None: the policy's own); got {n_action_steps}")
+
+
+def _load_policy(spec: str, trust_remote_code: bool = False, n_action_steps: int | None = None):
+    from .policy import load_policy
+
+    policy = load_policy(spec, trust_remote_code=trust_remote_code)
+    if n_action_steps is not None:
+        policy.n_action_steps = n_action_steps
+    return policy
+
+
+def episode_policy(spec: str, trust_remote_code: bool = False, n_action_steps: int | None = None):
+    """An episode's policy, loaded once per process (cached by its folder and its `n_action_steps` override)."""
+    return cached_policy(f"{spec}|{n_action_steps}", lambda: _load_policy(spec, trust_remote_code, n_action_steps))
+
+
+def play_episode(
+    env, policy, init_index: int, lazy_render: bool, render_every_step: bool, record: bool
+) -> tuple[bool, list[np.ndarray]]:
+    """Reset `env` to `init_index` and run `policy` until success or the step limit; returns the success and, with
+    `record`, the agent-view frames (the last one after the final step)."""
+    policy.reset()
+    observation = env.reset(init_index)
+    frames: list[np.ndarray] = []
+    success = env.check_success()
+    while not success and env.num_steps < env.max_steps:
+        if lazy_render and policy.needs_observation():
+            observation = env.render_observation()
+        if record:
+            kept = observation.get("observation.images.image") if render_every_step else env.render("image", True)
+            frames.append(kept)
+        observation, _, terminated, truncated, info = env.step(np.asarray(policy.select_action(observation)))
+        success = bool(info["is_success"])
+        if terminated or truncated:
+            break
+    if record:
+        frames.append(env.render("image", for_record=True))  # noise of its own: the policy's stream is untouched
+    return success, frames
+
+
+def write_video(path: str | os.PathLike, frames: list[np.ndarray], fps: int = 20) -> None:
+    """MP4 (H.264 through imageio-ffmpeg); sides padded to even sizes as yuv420p requires."""
+    import imageio.v2 as imageio
+
+    if not frames:
+        return
+    height, width = frames[0].shape[:2]
+    pad = ((0, height % 2), (0, width % 2), (0, 0))
+    with (
+        atomic_path(path, suffix=".mp4") as tmp,
+        imageio.get_writer(tmp, fps=fps, codec="libx264", quality=7, macro_block_size=1) as writer,
+    ):
+        for frame in frames:
+            writer.append_data(np.pad(frame, pad, mode="edge"))
+
+
+def policy_spec(policy: str | os.PathLike) -> str:
+    """'scripted' or the absolute path of a policy / adapter folder (FileNotFoundError otherwise)."""
+    policy_spec = str(policy) if str(policy) == "scripted" else str(Path(policy).resolve())
+    if policy_spec != "scripted" and not any(
+        (Path(policy_spec) / name).is_file() for name in ("config.json", "adapter_config.json")
+    ):
+        raise FileNotFoundError(
+            f"policy must be 'scripted', a policy folder with config.json or an adapter folder with "
+            f"adapter_config.json; got {policy}"
+        )
+    return policy_spec
