@@ -455,9 +455,9 @@ def test_moved_experiment_names_warn_or_say_where_the_experiment_lives(monkeypat
 def test_demo_splits_pretrain_the_student_on_its_own_tasks(tmp_path):
     """With `student_tasks` the student's narrow set is its own dataset (other tasks than the target set's);
     without, it is the first `student_episodes` of the teacher's clean demonstrations."""
-    from peft_ckt.libero.dataset import LeRobotDatasetWriter
     from experiments.libero_transfer.settings import DemoSettings
     from experiments.libero_transfer.stages.data import split_datasets
+    from peft_ckt.libero.dataset import LeRobotDatasetWriter
 
     def write(name, rows):
         writer = LeRobotDatasetWriter(tmp_path / name, image_size=(16, 16))

@@ -53,7 +53,9 @@ def _tuple_value(parser: argparse.ArgumentParser, name: str, text: str, hint) ->
     return items
 
 
-def parse_settings(argv: list[str] | None = None) -> tuple[argparse.Namespace, TransferSettings, tuple[int, ...] | None]:
+def parse_settings(
+    argv: list[str] | None = None,
+) -> tuple[argparse.Namespace, TransferSettings, tuple[int, ...] | None]:
     """The command line as `(args, settings, adapter seeds or None)`; bad values end with a usage error."""
     from .seeds import check_adapter_seeds
 

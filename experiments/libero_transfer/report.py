@@ -13,6 +13,7 @@ from peft_ckt.libero.metrics import comparison_lines
 
 from .settings import PERTURBATION_KINDS, TransferSettings
 
+
 def plot_success(report: dict[str, Any], path: Path) -> None:
     import matplotlib
 

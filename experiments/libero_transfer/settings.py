@@ -43,9 +43,7 @@ class TransferSettings:
     image_size: int = field(default=32, metadata={"help": "Camera images and the WAMs' frames (a multiple of 8)."})
     image_stride: int = field(
         default=8,
-        metadata={
-            "help": "Cameras rendered every Nth control step during collection (rendering dominates its cost)."
-        },
+        metadata={"help": "Cameras rendered every Nth control step during collection (rendering dominates its cost)."},
     )
     severity: int = field(default=3, metadata={"help": "Perturbation severity (1-5)."})
     seed: int = field(default=0, metadata={"help": "Seed of collection, pretraining and rollouts."})
@@ -110,7 +108,9 @@ class TransferSettings:
     top_k: int = field(default=2, metadata={"help": "Specialized adapters the router picks per sample."})
     bottleneck_dim: int = field(default=64, metadata={"help": "Width of the adapters' bottleneck and the router."})
     # The paper's dropouts (0.1) kept CKT from fitting the 231 target samples at this width (docs/wam.md): off.
-    adapter_dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapters' projected teacher tokens."})
+    adapter_dropout: float = field(
+        default=0.0, metadata={"help": "Dropout on the adapters' projected teacher tokens."}
+    )
     attention_dropout: float = field(
         default=0.0, metadata={"help": "Dropout on the learnable queries' attention weights."}
     )

@@ -84,7 +84,9 @@ def adapter_stage(settings, cache, kind, teacher, student_path, target_episodes,
     tag = kind if ablation == "full" else f"{kind}-{ablation}"
     label = f"student+{kind}" if ablation == "full" else ablation_policy(ablation)
     data = episodes_key(settings, target_episodes)
-    final = cache / "adapters" / f"{tag}-{settings.key(*adapter_fields(settings, kind))}-{data}-{Path(student_path).name}"
+    final = (
+        cache / "adapters" / f"{tag}-{settings.key(*adapter_fields(settings, kind))}-{data}-{Path(student_path).name}"
+    )
     if (final / "adapter_config.json").is_file():
         logger.info(f"{label}: cached ({final})")
         return final, json.loads((final / "training.json").read_text())

@@ -84,7 +84,6 @@ def offline_metrics(models: dict[str, Any], heldout: dict[str, Any], train_stats
     return results
 
 
-
 @torch.no_grad()
 def heldout_expert_counts(model, teacher, heldout, settings: TransferSettings) -> list[int]:
     """How often each of CKT's experts is the router's first choice on the held-out samples ([] without a router)."""
