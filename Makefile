@@ -26,11 +26,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 install: $(VENV)/.installed
 
 test: install
-	$(VENV)/bin/ruff check peft_ckt tests examples benchmarks
+	$(VENV)/bin/ruff check peft_ckt tests examples benchmarks experiments integrations
 	$(PY) -m pytest -q -x tests
 
 demo: install
-	$(PY) examples/libero_transfer.py $(if $(QUICK),--quick) $(if $(ABLATIONS),--ablations)
+	$(PY) -m experiments.libero_transfer $(if $(QUICK),--quick) $(if $(ABLATIONS),--ablations)
 
 # LeRobot 0.4.4 in its own venv (torch 2.10 + torchvision 0.25 from PyPI, transformers < 5, hub < 0.36, diffusers
 # < 0.36: scripts/lerobot-constraints.txt); ~4 min and 11 GB on a cold cache, seconds when $(LEROBOT_VENV) is current.
@@ -44,12 +44,12 @@ test-lerobot: $(LEROBOT_VENV)/.installed
 	HF_HUB_OFFLINE=1 $(LEROBOT_VENV)/bin/python -m pytest -q -x tests/lerobot
 
 lint: install
-	$(VENV)/bin/ruff check peft_ckt tests examples benchmarks
-	$(VENV)/bin/ruff format --check peft_ckt tests examples benchmarks
+	$(VENV)/bin/ruff check peft_ckt tests examples benchmarks experiments integrations
+	$(VENV)/bin/ruff format --check peft_ckt tests examples benchmarks experiments integrations
 
 format: install
-	$(VENV)/bin/ruff check --fix peft_ckt tests examples benchmarks
-	$(VENV)/bin/ruff format peft_ckt tests examples benchmarks
+	$(VENV)/bin/ruff check --fix peft_ckt tests examples benchmarks experiments integrations
+	$(VENV)/bin/ruff format peft_ckt tests examples benchmarks experiments integrations
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -16,8 +16,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 import peft_ckt  # noqa: F401
 from peft_ckt import CKTConfig
+from peft_ckt.libero.metrics import wilson_interval
 from peft_ckt.wam.data import ChunkDataset, held_out_batches
-from peft_ckt.wam.experiment import wilson_interval
 from peft_ckt.wam.modeling import WorldActionModel, flow_matching_loss, sample
 from peft_ckt.wam.tokenizer import InstructionTokenizer, build_vocabulary
 from peft_ckt.wam.training import train_wam
@@ -281,7 +281,8 @@ def test_ckt_can_also_train_the_students_context_reading_projections(tmp_path):
     into the policy; the teacher's own cross-attention, whose modules have the same names, stays untouched."""
     from safetensors.torch import load_file
 
-    from peft_ckt.wam.experiment import DemoSettings, ckt_config
+    from experiments.libero_transfer.settings import DemoSettings
+    from experiments.libero_transfer.stages.adapters import ckt_config
     from peft_ckt.wam.policy import WAMPolicy
 
     teacher, student, _ = ckt_pair(tmp_path)
@@ -367,7 +368,7 @@ def test_wilson_interval():
 
 
 def test_policies_are_compared_with_fishers_exact_test():
-    from peft_ckt.wam.experiment import compare_policies, compare_successes, success_cell
+    from peft_ckt.libero.metrics import compare_policies, compare_successes, success_cell
 
     # 6 of 56 against 0 of 56: two-sided p = 2 * C(56,6)C(56,0)/C(112,6) (the two tails are equal) = 0.0271.
     result = compare_successes(success_cell(6, 56), success_cell(0, 56))
@@ -381,17 +382,10 @@ def test_policies_are_compared_with_fishers_exact_test():
 
 
 def test_report_rows_tables_and_plots(tmp_path):
-    from peft_ckt.wam.experiment import (
-        ABLATIONS,
-        PERTURBATION_KINDS,
-        POLICIES,
-        ablation_policy,
-        compare_policies,
-        markdown_report,
-        plot_experts,
-        plot_success,
-        summarize_rollouts,
-    )
+    from experiments.libero_transfer.report import markdown_report, plot_experts, plot_success
+    from experiments.libero_transfer.settings import ABLATIONS, PERTURBATION_KINDS, POLICIES, ablation_policy
+    from experiments.libero_transfer.stages.rollouts import summarize_rollouts
+    from peft_ckt.libero.metrics import compare_policies
 
     names = [*POLICIES, *(ablation_policy(a) for a in ABLATIONS)]  # the rows of `make demo ABLATIONS=1`
     rows = []
@@ -432,16 +426,38 @@ def test_public_names():
     import peft_ckt.wam as wam
 
     assert wam.WorldActionModel is WorldActionModel and wam.sample is sample
-    assert callable(wam.run_demo) and wam.WAMPolicy.name == "wam"
+    assert wam.WAMPolicy.name == "wam"
     with pytest.raises(AttributeError):
         wam.NoSuchThing  # noqa: B018
+
+
+def test_moved_experiment_names_warn_or_say_where_the_experiment_lives(monkeypatch):
+    """`peft_ckt.wam.DemoSettings` / `run_demo` moved to the repository's experiments/libero_transfer: from a checkout
+    they resolve there with a DeprecationWarning; where the experiment is not importable (an installed wheel) the
+    ImportError names where it lives."""
+    import sys
+
+    import peft_ckt.wam as wam
+    from experiments.libero_transfer import TransferSettings, run_transfer
+
+    with pytest.warns(DeprecationWarning, match="experiments.libero_transfer.TransferSettings"):
+        assert wam.DemoSettings is TransferSettings
+    with pytest.warns(DeprecationWarning, match="experiments.libero_transfer.run_transfer"):
+        assert wam.run_demo is run_transfer
+    assert "DemoSettings" not in wam.__all__
+    # As in an installed wheel: no `experiments` package on the path.
+    monkeypatch.setitem(sys.modules, "experiments", None)
+    monkeypatch.setitem(sys.modules, "experiments.libero_transfer", None)
+    with pytest.raises(ImportError, match="lives in the repository's experiments/libero_transfer"):
+        wam.run_demo  # noqa: B018
 
 
 def test_demo_splits_pretrain_the_student_on_its_own_tasks(tmp_path):
     """With `student_tasks` the student's narrow set is its own dataset (other tasks than the target set's);
     without, it is the first `student_episodes` of the teacher's clean demonstrations."""
+    from experiments.libero_transfer.settings import DemoSettings
+    from experiments.libero_transfer.stages.data import split_datasets
     from peft_ckt.libero.dataset import LeRobotDatasetWriter
-    from peft_ckt.wam.experiment import DemoSettings, split_datasets
 
     def write(name, rows):
         writer = LeRobotDatasetWriter(tmp_path / name, image_size=(16, 16))
@@ -470,7 +486,8 @@ def test_demo_splits_pretrain_the_student_on_its_own_tasks(tmp_path):
 def test_each_stage_is_keyed_by_its_own_demonstrations():
     """A stage's cache key names the episodes it trains on: the teacher's does not move when the student's set
     does, the adapters' moves with the target count, and the order the episodes are read in does not matter."""
-    from peft_ckt.wam.experiment import DemoSettings, episodes_key
+    from experiments.libero_transfer.cache import episodes_key
+    from experiments.libero_transfer.settings import DemoSettings
 
     def episodes(*rows):
         return [
@@ -489,7 +506,8 @@ def test_each_stage_is_keyed_by_its_own_demonstrations():
 
 
 def test_demo_reads_the_teacher_block_its_settings_name():
-    from peft_ckt.wam.experiment import DemoSettings, ckt_config, teacher_layer_path
+    from experiments.libero_transfer.settings import DemoSettings
+    from experiments.libero_transfer.stages.adapters import ckt_config, teacher_layer_path
 
     teacher, student = tiny_wam("wan", num_layers=6), tiny_wam("cosmos")
     assert teacher_layer_path(DemoSettings(teacher_layer=-1), teacher) == teacher.middle_layer() == "backbone.blocks.2"
@@ -505,7 +523,8 @@ def test_demo_adapters_do_not_depend_on_what_the_process_did_before(tmp_path):
     `adapter_seed` gives another one."""
     from safetensors.torch import load_file
 
-    from peft_ckt.wam.experiment import DemoSettings, adapter_stage
+    from experiments.libero_transfer.settings import DemoSettings
+    from experiments.libero_transfer.stages.adapters import adapter_stage
 
     student = tiny_wam("cosmos")
     student.save_pretrained(tmp_path / "student")
@@ -531,8 +550,9 @@ def test_demo_adapters_do_not_depend_on_what_the_process_did_before(tmp_path):
 
 
 def test_adapter_seeds_pool_retrained_policies_and_count_shared_ones_once(tmp_path):
-    from peft_ckt.wam.experiment import PERTURBATION_KINDS, summarize_rollouts
-    from peft_ckt.wam.seeds import adapter_seeds_markdown, check_adapter_seeds, pool_adapter_seeds
+    from experiments.libero_transfer.seeds import adapter_seeds_markdown, check_adapter_seeds, pool_adapter_seeds
+    from experiments.libero_transfer.settings import PERTURBATION_KINDS
+    from experiments.libero_transfer.stages.rollouts import summarize_rollouts
 
     def report(seed, ckt_wins):
         # 8 episodes per condition; student+ckt wins `ckt_wins` of its 56 perturbed episodes, the student none.

@@ -69,7 +69,8 @@ def test_demo_evaluation_appends_episodes_and_resumes(tmp_path, monkeypatch):
 
     from test_wam import tiny_wam
 
-    from peft_ckt.wam.experiment import DemoSettings, evaluate_policies
+    from experiments.libero_transfer.settings import DemoSettings
+    from experiments.libero_transfer.stages.rollouts import evaluate_policies
 
     tiny_wam("cosmos").save_pretrained(tmp_path / "student")
     settings = dataclasses.replace(DemoSettings.quick(), eval_tasks=(0,), eval_max_steps=3, workers=0, image_size=16)

@@ -2,7 +2,7 @@
 
 One training of an adapter is one draw: on the same teacher, student, data and episodes, a retraining alone moved
 student+CKT's perturbed successes from 9 to 15 of 56 (from 1 to 10 with the student entirely frozen; docs/wam.md).
-[`run_adapter_seeds`] runs the experiment once per adapter seed (`DemoSettings.adapter_seed`: the adapters' initial
+[`run_adapter_seeds`] runs the experiment once per adapter seed (`TransferSettings.adapter_seed`: the adapters' initial
 weights, batches and noise) into `OUTPUT/adapter-seed-N/`, every run sharing one cache and one episode log
 (`OUTPUT/episodes.jsonl`), so the frozen teacher and student are trained and played once. [`pool_adapter_seeds`] then sums every policy's successes over the
 seeds: a policy whose folder is the same in every run (the teacher, the student) counts its episodes once; a
@@ -12,21 +12,19 @@ retrained one counts every seed's, so its interval is over trainings and episode
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from .experiment import (
-    DemoSettings,
-    _log,
-    _write_json,
-    _write_text,
-    compare_policies,
-    comparison_lines,
-    run_demo,
-    success_cell,
-)
+from peft_ckt.atomic import write_json, write_text
+from peft_ckt.libero.metrics import compare_policies, comparison_lines, success_cell
+
+from .run import run_transfer
+from .settings import TransferSettings
+
+logger = logging.getLogger(__name__)
 
 
 def check_adapter_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
@@ -42,7 +40,7 @@ def check_adapter_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
 
 
 def run_adapter_seeds(
-    settings: DemoSettings,
+    settings: TransferSettings,
     seeds: Sequence[int],
     output: str | os.PathLike,
     cache: Optional[str | os.PathLike] = None,
@@ -58,13 +56,13 @@ def run_adapter_seeds(
     cache = Path(cache) if cache is not None else out / "cache"
     reports = {}
     for index, seed in enumerate(seeds):
-        _log(f"adapter seed {seed} ({index + 1} of {len(seeds)})")
-        reports[seed] = run_demo(
+        logger.info(f"adapter seed {seed} ({index + 1} of {len(seeds)})")
+        reports[seed] = run_transfer(
             dataclasses.replace(settings, adapter_seed=seed), out / f"adapter-seed-{seed}", cache, episode_log=out
         )
     pooled = pool_adapter_seeds(reports)
-    _write_json(out / "adapter-seeds.json", pooled)
-    _write_text(out / "adapter-seeds.md", adapter_seeds_markdown(pooled))
+    write_json(out / "adapter-seeds.json", pooled)
+    write_text(out / "adapter-seeds.md", adapter_seeds_markdown(pooled))
     return pooled
 
 

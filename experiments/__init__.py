@@ -1,0 +1,1 @@
+"""Experiments run from the repository checkout (not part of the `peft_ckt` wheel)."""
