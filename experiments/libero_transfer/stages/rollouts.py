@@ -20,8 +20,8 @@ logger = logging.getLogger(__name__)
 def evaluate_policies(settings: TransferSettings, policies: dict[str, str], out: Path, progress: bool = True):
     """Every policy on every (task, condition, init state); resumable through `episodes.jsonl`."""
     from peft_ckt.libero.evaluation import EpisodeJob
-    from peft_ckt.libero.parallel import run_jobs
     from peft_ckt.libero.records import open_episode_log
+    from peft_ckt.libero.runner import run_episode_jobs
 
     # Through JSON, as it is stored (tuples become lists), so that a resumed run recognises its own config. The
     # policies are not part of it: an episode is reused when its policy folder (named by the policy's settings) is
@@ -33,47 +33,49 @@ def evaluate_policies(settings: TransferSettings, policies: dict[str, str], out:
     # Policies are matched by their resolved folder, so a relative and an absolute `--cache` find the same episodes.
     specs = {os.path.realpath(spec): spec for spec in policies.values()}
     by_key = {os.path.realpath(spec): name for name, spec in policies.items()}
-    done = {(os.path.realpath(r["policy"]), r["task_id"], r["perturbation"], r["init_index"]): r for r in recorded}
-    conditions = ["none", *PERTURBATION_KINDS]
-    jobs = []
-    for task in settings.eval_tasks:
-        for key, spec in specs.items():
-            for kind in conditions:
-                for k in range(settings.eval_episodes):
-                    init = settings.eval_init_offset + k
-                    if (key, task, kind, init) in done:
-                        continue
-                    jobs.append(
-                        EpisodeJob(
-                            suite=settings.suite,
-                            task_id=task,
-                            init_index=init,
-                            perturbation=kind,
-                            severity=settings.severity,
-                            policy=spec,
-                            image_size=settings.image_size,
-                            seed=settings.seed,
-                            max_steps=settings.eval_max_steps,
-                            video_dir=None,
-                            n_action_steps=settings.n_action_steps,
-                        )
-                    )
-    with log:
-        if jobs:
-            logger.info(f"evaluation: {len(jobs)} episode(s) to run ({len(done)} already recorded)")
-            for result in run_jobs(_run_episode, jobs, settings.workers, desc="evaluate", progress=progress):
-                key = os.path.realpath(result["policy"])
-                row = {**result, "policy_name": by_key[key]}
-                done[(key, row["task_id"], row["perturbation"], row["init_index"])] = row
-                log.append(row)
-    wanted = {
-        (task, settings.eval_init_offset + k) for task in settings.eval_tasks for k in range(settings.eval_episodes)
-    }
-    return [
-        {**row, "policy_name": by_key[key]}
-        for (key, task, _, init), row in done.items()
-        if key in by_key and (task, init) in wanted
+    jobs = [
+        EpisodeJob(
+            suite=settings.suite,
+            task_id=task,
+            init_index=settings.eval_init_offset + k,
+            perturbation=kind,
+            severity=settings.severity,
+            policy=spec,
+            image_size=settings.image_size,
+            seed=settings.seed,
+            max_steps=settings.eval_max_steps,
+            video_dir=None,
+            n_action_steps=settings.n_action_steps,
+        )
+        for task in settings.eval_tasks
+        for spec in specs.values()
+        for kind in ["none", *PERTURBATION_KINDS]
+        for k in range(settings.eval_episodes)
     ]
+
+    def job_key(job: EpisodeJob) -> tuple:
+        return os.path.realpath(job.policy), job.task_id, job.perturbation, job.init_index
+
+    def row_key(row: dict[str, Any]) -> tuple:
+        return os.path.realpath(row["policy"]), row["task_id"], row["perturbation"], row["init_index"]
+
+    recorded_keys = {row_key(row) for row in recorded}
+    pending = sum(job_key(job) not in recorded_keys for job in jobs)
+    if pending:
+        logger.info(f"evaluation: {pending} episode(s) to run ({len(jobs) - pending} already recorded)")
+    run = run_episode_jobs(
+        jobs,
+        _run_episode,
+        log=log,
+        recorded=recorded,
+        job_key=job_key,
+        row_key=row_key,
+        num_workers=settings.workers,
+        desc="evaluate",
+        progress=progress,
+        prepare_row=lambda row: {**row, "policy_name": by_key[os.path.realpath(row["policy"])]},
+    )
+    return [{**row, "policy_name": by_key[os.path.realpath(row["policy"])]} for row in run.rows]
 
 
 def _run_episode(job) -> dict[str, Any]:
