@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     check_episode_arguments("eval-libero", args)
     if args.n_action_steps is not None and args.n_action_steps < 1:
         raise SystemExit(f"eval-libero: error: --n-action-steps must be >= 1; got {args.n_action_steps}")
-    from peft_ckt.libero.policy import check_policy_spec
+    from peft_ckt.libero.policies import check_policy_spec
 
     try:  # before the simulator import: nothing of the policy's is imported here
         check_policy_spec(args.policy, args.trust_remote_code)

@@ -40,7 +40,7 @@ class CollectJob:
 def collect_episode(job: CollectJob) -> dict[str, Any]:
     """Run one expert episode without rendering; render and encode its frames if it is kept."""
     from .dataset import encode_png
-    from .expert import ScriptedExpertPolicy
+    from .policies import ScriptedExpertPolicy
 
     policy = cached_policy("scripted", ScriptedExpertPolicy)
     env = episode_env(

@@ -55,7 +55,7 @@ def check_n_action_steps(n_action_steps: int | None) -> None:
 
 
 def _load_policy(spec: str, trust_remote_code: bool = False, n_action_steps: int | None = None):
-    from .policy import load_policy
+    from .policies import load_policy
 
     policy = load_policy(spec, trust_remote_code=trust_remote_code)
     if n_action_steps is not None:
@@ -328,7 +328,7 @@ def evaluate_libero(
         if bad:
             raise ValueError(f"{suite} has tasks 0..{total_tasks - 1}; got {bad}")
         policy_spec = _policy_spec(policy)
-        from .policy import check_policy_spec
+        from .policies import check_policy_spec
 
         check_policy_spec(policy_spec, trust_remote_code)  # before any worker starts, nothing imported
         check_backend(backend, num_workers, ray_gpus_per_worker)

@@ -330,7 +330,7 @@ def evaluate_liberoplus(
         if episodes < 1:
             raise ValueError(f"episodes must be >= 1; got {episodes}")
         policy_spec = _policy_spec(policy)
-        from .policy import check_policy_spec
+        from .policies import check_policy_spec
 
         check_policy_spec(policy_spec, False)  # before any worker starts, nothing of the policy's imported
         check_backend(backend, num_workers, ray_gpus_per_worker)
