@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_path, write_json, write_text
-from .parallel import cached_policy, check_backend, episode_env, run_jobs
 from .perturbations import LIBERO_PLUS_COLUMNS, PERTURBATIONS, Perturbation, expand_perturbations
 from .records import open_episode_log
 from .runtime import LiberoConfigError
+from .workers import cached_policy, check_backend, episode_env, run_jobs
 
 
 @dataclass(frozen=True)

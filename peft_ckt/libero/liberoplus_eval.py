@@ -29,9 +29,9 @@ from .liberoplus import (
     list_official_tasks,
     missing_files,
 )
-from .parallel import cached_env, check_backend, run_jobs
 from .records import open_episode_log
 from .runtime import LiberoConfigError
+from .workers import cached_env, check_backend, run_jobs
 
 TOTAL_OVER_SUBSET = "Total (runnable subset)"
 
