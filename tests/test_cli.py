@@ -15,6 +15,8 @@ import pytest
 from peft_ckt.commands import SUBCOMMAND_MODULES, build_parser, main
 
 OWN_SUBCOMMANDS = ("train", "cache-teacher", "push")
+# The LIBERO tools that were `python -m` entry points of the library (their --help imports no simulator).
+LIBERO_TOOL_SUBCOMMANDS = ("libero-speed", "liberoplus-tasks")
 
 
 def subparsers_of(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -29,7 +31,11 @@ def test_training_and_sharing_subcommands_are_registered():
     assert set(OWN_SUBCOMMANDS) <= set(subparsers_of(build_parser()))
 
 
-@pytest.mark.parametrize("name", OWN_SUBCOMMANDS)
+def test_libero_tools_are_subcommands():
+    assert set(LIBERO_TOOL_SUBCOMMANDS) <= set(subparsers_of(build_parser()))
+
+
+@pytest.mark.parametrize("name", OWN_SUBCOMMANDS + LIBERO_TOOL_SUBCOMMANDS)
 def test_every_flag_has_help(name, capsys):
     parser = subparsers_of(build_parser())[name]
     assert parser.description and len(parser.description) > 40

@@ -231,8 +231,7 @@ def test_collect_writes_a_loadable_dataset(tmp_path):
 def test_policy_folder_round_trip(tmp_path):
     import torch
 
-    from peft_ckt.libero.mlp_policy import StateMLPPolicy
-    from peft_ckt.libero.policy import load_policy
+    from peft_ckt.libero.policies import StateMLPPolicy, load_policy
 
     torch.manual_seed(0)
     policy = StateMLPPolicy(hidden_dim=16, chunk_size=3, n_action_steps=2)
@@ -279,7 +278,7 @@ def test_eval_libero_cli_scripted(tmp_path):
 
 def test_eval_libero_cli_policy_folder_under_perturbation(tmp_path):
     from peft_ckt.commands import main
-    from peft_ckt.libero.mlp_policy import StateMLPPolicy
+    from peft_ckt.libero.policies import StateMLPPolicy
 
     StateMLPPolicy(hidden_dim=8).save_pretrained(tmp_path / "policy")
     out = tmp_path / "eval"
@@ -305,9 +304,9 @@ def test_eval_libero_n_action_steps_overrides_the_policys_own(tmp_path):
     from dataclasses import replace
 
     from peft_ckt.commands import main
-    from peft_ckt.libero import parallel
     from peft_ckt.libero.evaluation import EpisodeJob, run_episode
-    from peft_ckt.libero.mlp_policy import StateMLPPolicy
+    from peft_ckt.libero.policies import StateMLPPolicy
+    from peft_ckt.libero.workers import state
 
     StateMLPPolicy(hidden_dim=8, chunk_size=4, n_action_steps=4).save_pretrained(tmp_path / "policy")
     for steps in (None, 1):
@@ -326,10 +325,10 @@ def test_eval_libero_n_action_steps_overrides_the_policys_own(tmp_path):
     try:
         for override, expected in ((1, 1), (None, 4)):
             assert run_episode(replace(job, n_action_steps=override)).steps == 2
-            policy = parallel._POLICY_CACHE["policy"]
+            policy = state._POLICY_CACHE["policy"]
             assert isinstance(policy, StateMLPPolicy) and policy.n_action_steps == expected
     finally:
-        parallel.close_cached()
+        state.close_cached()
 
 
 @pytest.mark.parametrize(

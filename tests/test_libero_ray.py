@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from peft_ckt.libero.liberoplus import liberoplus_import_error
-from peft_ckt.libero.ray_backend import ray_import_error
 from peft_ckt.libero.runtime import libero_import_error
+from peft_ckt.libero.workers import ray_import_error
 
 _REASON = libero_import_error() or ray_import_error()
 

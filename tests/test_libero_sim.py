@@ -164,8 +164,8 @@ def test_perturbation_validation():
 
 
 def test_scripted_expert_solves_a_libero_object_task(env):
-    from peft_ckt.libero.expert import ScriptedExpertPolicy
     from peft_ckt.libero.perturbations import Perturbation
+    from peft_ckt.libero.policies import ScriptedExpertPolicy
 
     env.perturbation = Perturbation("none")
     env.render_images = False  # the expert reads simulator state only
@@ -195,7 +195,7 @@ def test_sensor_noise_keeps_brightness(severity):
 
 
 def test_expert_follows_goal_predicates_in_order():
-    from peft_ckt.libero.expert import ScriptedExpertPolicy
+    from peft_ckt.libero.policies import ScriptedExpertPolicy
 
     goals = [["turnon", "flat_stove_1"], ["in", "alphabet_soup_1", "basket_1_contain_region"], ["In", "butter_1", "b"]]
     priv = {"goal": goals, "goal_satisfied": [False, False, False]}

@@ -15,7 +15,7 @@ import pytest
 SCRIPT = textwrap.dedent(
     """
     import faulthandler, os, signal, sys, time
-    from peft_ckt.libero.parallel import run_jobs
+    from peft_ckt.libero.workers import run_jobs
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks for the stacks if this hangs
 

@@ -99,8 +99,8 @@ def test_bddl_fallback_is_refused(tmp_path):
 @needs_liberoplus
 def test_one_official_task_per_runnable_dimension_steps():
     """The first runnable task of each runnable dimension: built, reset, 3 scripted steps, 256 px images."""
-    from peft_ckt.libero.expert import ScriptedExpertPolicy
     from peft_ckt.libero.liberoplus import is_runnable, list_official_tasks, make_env
+    from peft_ckt.libero.policies import ScriptedExpertPolicy
 
     first: dict[str, object] = {}
     for task in list_official_tasks("libero_object"):

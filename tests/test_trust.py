@@ -20,7 +20,7 @@ from peft import PeftModel, get_peft_model
 
 import peft_ckt  # noqa: F401  (registers CKT)
 from peft_ckt import CKTConfig
-from peft_ckt.libero.policy import LiberoPolicy, check_policy_spec, load_policy, register_policy
+from peft_ckt.libero.policies import LiberoPolicy, check_policy_spec, load_policy, register_policy
 from peft_ckt.teacher import load_teacher
 from peft_ckt.testing import tiny_cosmos_inputs, tiny_cosmos_student, tiny_wan_inputs, tiny_wan_teacher
 
@@ -207,7 +207,7 @@ def test_untrusted_policy_class_is_not_imported_without_opt_in(tmp_path, monkeyp
 def test_registered_and_package_policies_need_no_opt_in(tmp_path):
     registered = policy_folder(tmp_path / "registered", f"{__name__}.RegisteredPolicy")
     assert isinstance(load_policy(registered), RegisteredPolicy)
-    from peft_ckt.libero.mlp_policy import StateMLPPolicy
+    from peft_ckt.libero.policies import StateMLPPolicy
 
     StateMLPPolicy(hidden_dim=8, chunk_size=2).save_pretrained(tmp_path / "mlp")
     assert isinstance(load_policy(tmp_path / "mlp"), StateMLPPolicy)

@@ -333,7 +333,7 @@ def test_lora_baseline_policy_and_budget(tmp_path):
     assert trainable > 0
     train_wam(model, model.base_model.model, ChunkDataset(fake_episodes()), steps=3, batch_size=4, progress=False)
     model.save_pretrained(tmp_path / "lora")
-    from peft_ckt.libero.policy import load_policy
+    from peft_ckt.libero.policies import load_policy
 
     policy = load_policy(tmp_path / "lora")
     assert not policy.is_ckt and isinstance(policy.model, PeftModel)

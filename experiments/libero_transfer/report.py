@@ -118,7 +118,7 @@ def record_gif(settings: TransferSettings, policies: dict[str, str], rows: list[
     import imageio.v2 as imageio
 
     from peft_ckt.libero.evaluation import EpisodeJob, run_episode
-    from peft_ckt.libero.parallel import close_cached
+    from peft_ckt.libero.workers import close_cached
 
     def outcome(name, kind):
         return {

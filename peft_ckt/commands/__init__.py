@@ -19,6 +19,8 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "convert_upstream",
     "eval_libero",
     "collect_libero",
+    "libero_speed",
+    "liberoplus_tasks",
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from .libero_arguments import add_episode_arguments, check_episode_arguments, episode_kwargs, require_libero
@@ -93,16 +94,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+# The library's messages name the parameters of `evaluate_libero`; this command reports them as its flags.
+_PARAMETER_FLAGS = {
+    "backend": "--backend",
+    "num_workers": "--workers",
+    "ray_address": "--ray-address",
+    "ray_gpus_per_worker": "--ray-gpus-per-worker",
+}
+_PARAMETER = re.compile(r"\b(" + "|".join(_PARAMETER_FLAGS) + r")\b(?:=(?:'([^']*)'|([^\s:;,]+)))?")
+
+
+def flag_message(message: str) -> str:
+    """`backend='ray' needs num_workers >= 1` -> `--backend ray needs --workers >= 1`."""
+
+    def to_flag(match: re.Match) -> str:
+        flag = _PARAMETER_FLAGS[match[1]]
+        value = match[2] if match[2] is not None else match[3]
+        return flag if value is None else f"{flag} {value}"
+
+    return _PARAMETER.sub(to_flag, message)
+
+
 def check_backend_arguments(args: argparse.Namespace) -> dict:
     """One clear line for bad --backend / --ray-* flags (before any work); the keyword arguments they set."""
-    from peft_ckt.libero.parallel import check_backend
+    from peft_ckt.libero.workers import check_backend
 
     if args.ray_address is not None and args.backend != "ray":
         raise SystemExit("eval-libero: error: --ray-address needs --backend ray")
     try:
         check_backend(args.backend, args.workers, args.ray_gpus_per_worker)
     except ValueError as err:
-        raise SystemExit(f"eval-libero: error: {err}") from None
+        raise SystemExit(f"eval-libero: error: {flag_message(str(err))}") from None
     return {"backend": args.backend, "ray_address": args.ray_address, "ray_gpus_per_worker": args.ray_gpus_per_worker}
 
 
@@ -125,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     check_episode_arguments("eval-libero", args)
     if args.n_action_steps is not None and args.n_action_steps < 1:
         raise SystemExit(f"eval-libero: error: --n-action-steps must be >= 1; got {args.n_action_steps}")
-    from peft_ckt.libero.policy import check_policy_spec
+    from peft_ckt.libero.policies import check_policy_spec
 
     try:  # before the simulator import: nothing of the policy's is imported here
         check_policy_spec(args.policy, args.trust_remote_code)
@@ -145,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
             **backend,
         )
     except LiberoConfigError as err:
-        raise SystemExit(f"eval-libero: error: {err}") from err
+        raise SystemExit(f"eval-libero: error: {flag_message(str(err))}") from err
     print(markdown_report(results))
     print(f"Wrote {args.output}/results.json, results.md, success_rates.png")
     return 0
@@ -223,7 +245,7 @@ def run_official(args: argparse.Namespace, backend: dict) -> int:
             **backend,
         )
     except LiberoConfigError as err:
-        raise SystemExit(f"eval-libero: error: {err}") from err
+        raise SystemExit(f"eval-libero: error: {flag_message(str(err))}") from err
     print(markdown_report_official(results))
     print(f"Wrote {args.output}/results.json, results.md, success_rates.png")
     return 0

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from ..atomic import write_json
-from .parallel import cached_policy, default_num_workers, episode_env, run_jobs
 from .perturbations import Perturbation, expand_perturbations
 from .records import RecordLog, config_differences, read_records
 from .runtime import LiberoConfigError
+from .workers import cached_policy, default_num_workers, episode_env, run_jobs
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class CollectJob:
 def collect_episode(job: CollectJob) -> dict[str, Any]:
     """Run one expert episode without rendering; render and encode its frames if it is kept."""
     from .dataset import encode_png
-    from .expert import ScriptedExpertPolicy
+    from .policies import ScriptedExpertPolicy
 
     policy = cached_policy("scripted", ScriptedExpertPolicy)
     env = episode_env(

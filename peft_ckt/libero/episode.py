@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_path
-from .parallel import cached_policy
+from .workers import cached_policy
 
 __all__ = ["check_n_action_steps", "episode_policy", "play_episode", "policy_spec", "write_video"]
 
@@ -20,7 +20,7 @@ def check_n_action_steps(n_action_steps: int | None) -> None:
 
 
 def _load_policy(spec: str, trust_remote_code: bool = False, n_action_steps: int | None = None):
-    from .policy import load_policy
+    from .policies import load_policy
 
     policy = load_policy(spec, trust_remote_code=trust_remote_code)
     if n_action_steps is not None:

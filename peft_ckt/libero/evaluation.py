@@ -10,12 +10,12 @@ from typing import Any
 
 from ..atomic import write_json, write_text
 from .episode import check_n_action_steps, episode_policy, play_episode, policy_spec, write_video
-from .parallel import check_backend, episode_env
 from .perturbations import Perturbation, expand_perturbations
 from .records import open_episode_log
 from .runner import run_episode_jobs
 from .runtime import LiberoConfigError
 from .tables.libero import bar_chart, markdown_report, summarize
+from .workers import check_backend, episode_env
 
 # Names other code imports from here: the episode helpers and the report of this benchmark.
 __all__ = [
@@ -172,7 +172,7 @@ def evaluate_libero(
         if bad:
             raise ValueError(f"{suite} has tasks 0..{total_tasks - 1}; got {bad}")
         spec = policy_spec(policy)
-        from .policy import check_policy_spec
+        from .policies import check_policy_spec
 
         check_policy_spec(spec, trust_remote_code)  # before any worker starts, nothing imported
         check_backend(backend, num_workers, ray_gpus_per_worker)

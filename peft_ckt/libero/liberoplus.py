@@ -643,6 +643,7 @@ def runnable_summary(suite: str, assets: str | os.PathLike | None = None) -> dic
     return counts
 
 
-if __name__ == "__main__":  # python -m peft_ckt.libero.liberoplus: the runnable counts of every suite
-    for name in sys.argv[1:] or OFFICIAL_SUITES:
-        print(name, runnable_summary(name))
+if __name__ == "__main__":  # the old entry point of the runnable counts: now `peft-ckt liberoplus-tasks`
+    from ..commands import main
+
+    sys.exit(main(["liberoplus-tasks", *sys.argv[1:]]))

@@ -29,11 +29,11 @@ from .liberoplus import (
     list_official_tasks,
     missing_files,
 )
-from .parallel import cached_env, check_backend
 from .records import open_episode_log
 from .runner import run_episode_jobs
 from .runtime import LiberoConfigError
 from .tables.liberoplus import TOTAL_OVER_SUBSET, bar_chart_official, markdown_report_official, summarize_official
+from .workers import cached_env, check_backend
 
 __all__ = [
     "TOTAL_OVER_SUBSET",
@@ -209,7 +209,7 @@ def evaluate_liberoplus(
         if episodes < 1:
             raise ValueError(f"episodes must be >= 1; got {episodes}")
         spec = policy_spec(policy)
-        from .policy import check_policy_spec
+        from .policies import check_policy_spec
 
         check_policy_spec(spec, False)  # before any worker starts, nothing of the policy's imported
         check_backend(backend, num_workers, ray_gpus_per_worker)

@@ -14,8 +14,8 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .parallel import run_jobs
 from .records import RecordLog
+from .workers import run_jobs
 
 __all__ = ["EvaluationRun", "run_episode_jobs"]
 
@@ -78,7 +78,7 @@ def run_episode_jobs(
         recorded: the rows the log already held when it was opened.
         job_key / row_key: the identity of an episode, from its job and from its row (equal for the same episode).
         prepare_row: applied to each new row before it is logged (e.g. to add a name the worker does not know).
-        num_workers, desc, progress, backend, ray_address, ray_gpus_per_worker: see `parallel.run_jobs`.
+        num_workers, desc, progress, backend, ray_address, ray_gpus_per_worker: see `workers.run_jobs`.
     """
     done = {row_key(row): row for row in recorded}
     todo = [job for job in jobs if job_key(job) not in done]

@@ -1,4 +1,4 @@
-"""Measure LIBERO simulation and rendering speed on this machine: `python -m peft_ckt.libero.speed`.
+"""Measure LIBERO simulation and rendering speed on this machine: `peft-ckt libero-speed`.
 
 Reports env creation time, reset time, physics steps/s (no rendering), rendered steps/s with two cameras (fast
 renderer settings and LIBERO's defaults), and the cost of one camera frame.
@@ -6,8 +6,7 @@ renderer settings and LIBERO's defaults), and the cost of one camera frame.
 
 from __future__ import annotations
 
-import argparse
-import json
+import sys
 import time
 
 import numpy as np
@@ -54,14 +53,7 @@ def measure_speed(
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--suite", default="libero_object")
-    parser.add_argument("--task", type=int, default=0)
-    parser.add_argument("--image-size", type=int, default=128)
-    args = parser.parse_args()
-    print(json.dumps(measure_speed(args.suite, args.task, args.image_size), indent=2))
+if __name__ == "__main__":  # the old entry point, `python -m peft_ckt.libero.speed`: now a peft-ckt subcommand
+    from ..commands import main
 
-
-if __name__ == "__main__":
-    main()
+    sys.exit(main(["libero-speed", *sys.argv[1:]]))

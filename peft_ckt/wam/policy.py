@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..libero.policy import LiberoPolicy, register_policy
+from ..libero.policies import LiberoPolicy, register_policy
 from .modeling import WorldActionModel, sample
 
 

@@ -34,7 +34,7 @@ def collect_all(settings: TransferSettings, cache: Path, progress: bool = True) 
     from peft_ckt.libero.collect import CollectJob
     from peft_ckt.libero.dataset import LeRobotDatasetWriter
     from peft_ckt.libero.env import CAMERAS
-    from peft_ckt.libero.parallel import run_jobs
+    from peft_ckt.libero.workers import run_jobs
 
     s = settings
     specs = dataset_specs(s)

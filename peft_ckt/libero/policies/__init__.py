@@ -1,0 +1,48 @@
+"""Policies for the LIBERO tools, in the layout of LeRobot's `policies/`.
+
+- `base`: the policy interface (`LiberoPolicy`, `TorchLiberoPolicy`) and `observation_to_batch`;
+- `factory`: the registry of policy types (`register_policy`) and `load_policy` / `check_policy_spec`;
+- `expert`: the scripted expert (`ScriptedExpertPolicy`), which reads the simulator state;
+- `mlp`: `StateMLPPolicy`, a small reference torch policy.
+
+Importing this package does not import torch: `TorchLiberoPolicy` and `StateMLPPolicy` are built on first access.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .base import LiberoPolicy, observation_to_batch
+from .expert import ScriptedExpertPolicy
+from .factory import (
+    BUILTIN_POLICY_MODULES,
+    POLICY_OPT_IN,
+    POLICY_REGISTRY,
+    check_policy_spec,
+    load_policy,
+    register_policy,
+)
+
+# Names whose module imports torch -> that module, imported on first access.
+_LAZY = {"TorchLiberoPolicy": "base", "StateMLPPolicy": "mlp"}
+
+__all__ = [
+    "BUILTIN_POLICY_MODULES",
+    "POLICY_OPT_IN",
+    "POLICY_REGISTRY",
+    "LiberoPolicy",
+    "ScriptedExpertPolicy",
+    "check_policy_spec",
+    "load_policy",
+    "observation_to_batch",
+    "register_policy",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

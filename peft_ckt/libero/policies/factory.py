@@ -1,0 +1,124 @@
+"""Which policy a name or a folder means: the registry of policy types and `load_policy`.
+
+Saved policies follow LeRobot's folder convention: `config.json` (with `policy_class`, the dotted path of the class,
+or `type`, a name registered with `register_policy`) and `model.safetensors`. `load_policy(PATH)` imports the class
+and calls its `from_pretrained(PATH)`; `load_policy("scripted")` gives the scripted expert. A folder is a file that
+may come from anywhere: a `policy_class` outside diffusers, transformers and peft_ckt (and not registered) is imported
+only with `trust_remote_code=True`.
+
+The built-in policy modules register themselves here on import; this module finds them by module name
+(`BUILTIN_POLICY_MODULES`, through importlib) so that it never imports them back.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from pathlib import Path
+
+from .base import LiberoPolicy
+
+POLICY_REGISTRY: dict[str, type] = {}
+# Policy types of this package, imported on first use: `"type"` in a policy folder's config.json -> module.
+BUILTIN_POLICY_MODULES = {"wam": "peft_ckt.wam.policy", "state_mlp": "peft_ckt.libero.policies.mlp"}
+
+
+def register_policy(name: str):
+    """Class decorator: make a policy loadable from a folder whose config.json says `"type": name`."""
+
+    def wrap(cls: type) -> type:
+        POLICY_REGISTRY[name] = cls
+        cls.name = name
+        return cls
+
+    return wrap
+
+
+# How a user allows a policy folder (or an adapter's teacher reference) to name code outside the trusted packages.
+POLICY_OPT_IN = "`trust_remote_code=True` (`--trust-remote-code` on the command line)"
+
+
+def _import_object(dotted: str):
+    module_name, _, attr = dotted.rpartition(".")
+    if not module_name:
+        raise ValueError(f"policy_class must be a dotted path 'package.module.Class'; got {dotted!r}")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def _registered_class(dotted: str) -> type | None:
+    # A class registered in this process (its module is imported already): loading it imports nothing new.
+    for cls in POLICY_REGISTRY.values():
+        if f"{cls.__module__}.{cls.__qualname__}" == dotted:
+            return cls
+    return None
+
+
+def check_policy_spec(spec: str | os.PathLike, trust_remote_code: bool = False) -> None:
+    """Refuses, without importing anything, a policy folder whose config.json names a `policy_class` outside the
+    trusted packages (diffusers, transformers, peft_ckt) and not registered, or an adapter folder whose teacher
+    reference names such a class or has only pickle weights; allowed with `trust_remote_code=True`."""
+    from ...teacher import check_safetensors_folder, check_trusted_class_path
+
+    if trust_remote_code or str(spec) == "scripted":
+        return
+    path = Path(spec)
+    adapter_config = path / "adapter_config.json"
+    if adapter_config.is_file():
+        config = json.loads(adapter_config.read_text())
+        teacher, teacher_class = config.get("teacher"), config.get("teacher_class")
+        if isinstance(teacher, str) and teacher:
+            what = f"The teacher reference ({teacher!r}) of {adapter_config}"
+            if teacher_class:
+                check_trusted_class_path(str(teacher_class), what, POLICY_OPT_IN)
+            check_safetensors_folder(teacher, "The CKT teacher folder", POLICY_OPT_IN)
+        return
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        return
+    dotted = json.loads(config_file.read_text()).get("policy_class")
+    if dotted and _registered_class(str(dotted)) is None:
+        check_trusted_class_path(str(dotted), f"{config_file} (`policy_class`)", POLICY_OPT_IN)
+
+
+def load_policy(spec: str | os.PathLike, trust_remote_code: bool = False) -> LiberoPolicy:
+    """`"scripted"` -> `ScriptedExpertPolicy()`; a folder -> the class named by its config.json, `from_pretrained`.
+
+    A `policy_class` is imported only from the trusted packages (diffusers, transformers, peft_ckt), or when that
+    class is registered already (`@register_policy`); any other dotted path, or an adapter whose teacher reference
+    names one or has only pickle weights, needs `trust_remote_code=True`.
+    """
+    if str(spec) == "scripted":
+        from .expert import ScriptedExpertPolicy
+
+        return ScriptedExpertPolicy()
+    path = Path(spec)
+    config_file = path / "config.json"
+    check_policy_spec(path, trust_remote_code)
+    if (path / "adapter_config.json").is_file():  # a peft adapter (CKT or LoRA) on a world action model
+        importlib.import_module(BUILTIN_POLICY_MODULES["wam"])
+        return POLICY_REGISTRY["wam"].from_pretrained(path, trust_remote_code=trust_remote_code)
+    if not config_file.is_file():
+        raise FileNotFoundError(
+            f"--policy must be 'scripted', a policy folder with a config.json or a peft adapter folder with an "
+            f"adapter_config.json; {config_file} does not exist"
+        )
+    config = json.loads(config_file.read_text())
+    if config.get("type") in BUILTIN_POLICY_MODULES and config["type"] not in POLICY_REGISTRY:
+        importlib.import_module(BUILTIN_POLICY_MODULES[config["type"]])
+    if "policy_class" in config:
+        cls = _registered_class(str(config["policy_class"])) or _import_object(config["policy_class"])
+    elif config.get("type") in POLICY_REGISTRY:
+        cls = POLICY_REGISTRY[config["type"]]
+    else:
+        raise ValueError(
+            f"{config_file} names no loadable policy: give 'policy_class' (dotted path) or a registered 'type' "
+            f"(registered: {sorted(POLICY_REGISTRY)})"
+        )
+    if not hasattr(cls, "from_pretrained"):
+        raise TypeError(f"{cls.__module__}.{cls.__qualname__} has no from_pretrained(path)")
+    policy = cls.from_pretrained(path)
+    for attr in ("reset", "select_action"):
+        if not callable(getattr(policy, attr, None)):
+            raise TypeError(f"{type(policy).__name__} lacks {attr}(); see peft_ckt.libero.policies.LiberoPolicy")
+    return policy
