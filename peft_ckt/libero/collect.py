@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,49 @@ def collect_episode(job: CollectJob) -> dict[str, Any]:
         result["actions"] = np.stack(actions)
         result["render_seconds"] = time.perf_counter() - render_start
     return result
+
+
+def _collect_tagged(tagged: tuple[str, CollectJob]) -> dict[str, Any]:
+    """`collect_episode` of a job tagged with the dataset it belongs to (module level: sent to worker processes)."""
+    name, job = tagged
+    return {**collect_episode(job), "dataset": name, "image_stride": job.image_stride}
+
+
+def collect_into(
+    jobs: Sequence[tuple[str, CollectJob]],
+    writers: dict[str, Any],
+    num_workers: int | None,
+    desc: str,
+    progress: bool = True,
+) -> Iterator[tuple[str, dict[str, Any], bool]]:
+    """Runs expert episodes of one or several datasets in one worker pool and writes each kept episode into its
+    dataset's writer (`LeRobotDatasetWriter`) as it ends.
+
+    `jobs` are `(dataset name, job)` pairs (keep each task's jobs together: a worker then builds each task's
+    environment once). Yields `(dataset name, result, kept)` per finished episode, for the caller's bookkeeping.
+    """
+    for result in run_jobs(_collect_tagged, list(jobs), num_workers, desc=desc, progress=progress):
+        kept = result["images"] is not None
+        if kept:
+            writers[result["dataset"]].add_episode(
+                result["states"],
+                result["actions"],
+                result["images"],
+                task=result["task"],
+                extra={
+                    key: result[key]
+                    for key in (
+                        "success",
+                        "suite",
+                        "task_id",
+                        "init_index",
+                        "perturbation",
+                        "severity",
+                        "image_stride",
+                    )
+                },
+            )
+        yield result["dataset"], result, kept
 
 
 COLLECTION_CONFIG = "collection.json"
@@ -235,29 +279,14 @@ def collect_demonstrations(
     ran = 0
     with attempts:
         if jobs:
-            for result in run_jobs(collect_episode, jobs, workers, desc=f"collect {suite}", progress=progress):
+            tagged = [("collection", job) for job in jobs]
+            for _, result, kept in collect_into(tagged, {"collection": writer}, workers, f"collect {suite}", progress):
                 ran += 1
                 physics_steps += result["length"]
                 physics_seconds += result["physics_seconds"]
-                kept = result["images"] is not None
                 if kept:
                     render_frames += result["length"]
                     render_seconds += result["render_seconds"]
-                    writer.add_episode(
-                        result["states"],
-                        result["actions"],
-                        result["images"],
-                        task=result["task"],
-                        extra={
-                            "success": result["success"],
-                            "suite": result["suite"],
-                            "task_id": result["task_id"],
-                            "init_index": result["init_index"],
-                            "perturbation": result["perturbation"],
-                            "severity": result["severity"],
-                            "image_stride": image_stride,
-                        },
-                    )
                 attempts.append(
                     {
                         **{k: result[k] for k in ("task_id", "init_index", "perturbation", "success", "length")},

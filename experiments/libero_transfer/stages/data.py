@@ -16,14 +16,6 @@ from ..settings import TransferSettings
 logger = logging.getLogger(__name__)
 
 
-def _collect_named(named_job: tuple[str, Any]) -> dict[str, Any]:
-    """One expert episode in a worker, tagged with the dataset it belongs to (module level: sent to workers)."""
-    from peft_ckt.libero.collect import collect_episode
-
-    name, job = named_job
-    return {**collect_episode(job), "dataset": name}
-
-
 def collect_all(settings: TransferSettings, cache: Path, progress: bool = True) -> dict[str, Path]:
     """The demonstration sets (teacher clean, teacher perturbed, held-out and, with `student_tasks`, the student's),
     collected in one worker pool.
@@ -31,10 +23,9 @@ def collect_all(settings: TransferSettings, cache: Path, progress: bool = True) 
     All the episodes of a task run back to back, so each worker builds each task's environment once (building one
     costs ~9 s, as much as two episodes). Each set is written into a temporary folder and renamed when complete.
     """
-    from peft_ckt.libero.collect import CollectJob
+    from peft_ckt.libero.collect import CollectJob, collect_into
     from peft_ckt.libero.dataset import LeRobotDatasetWriter
     from peft_ckt.libero.env import CAMERAS
-    from peft_ckt.libero.workers import run_jobs
 
     s = settings
     specs = dataset_specs(s)
@@ -65,20 +56,8 @@ def collect_all(settings: TransferSettings, cache: Path, progress: bool = True) 
     logger.info(f"collecting {len(jobs)} scripted demonstrations ({', '.join(todo)}) with {s.workers} worker(s)")
     start = time.perf_counter()
     kept = dict.fromkeys(todo, 0)
-    for result in run_jobs(_collect_named, jobs, s.workers, desc="collect demonstrations", progress=progress):
-        if result["images"] is None:
-            continue  # the expert failed: not a demonstration
-        kept[result["dataset"]] += 1
-        writers[result["dataset"]].add_episode(
-            result["states"],
-            result["actions"],
-            result["images"],
-            task=result["task"],
-            extra={
-                key: result[key] for key in ("success", "suite", "task_id", "init_index", "perturbation", "severity")
-            }
-            | {"image_stride": s.image_stride},
-        )
+    for name, _, kept_episode in collect_into(jobs, writers, s.workers, "collect demonstrations", progress):
+        kept[name] += kept_episode  # an episode the expert failed is not a demonstration
     for name in todo:
         writers[name].finalize()
         commit_directory(finals[name].with_name(finals[name].name + ".partial"), finals[name])
