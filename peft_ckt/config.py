@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
@@ -223,8 +224,9 @@ class CKTConfig(PeftConfig):
                 "`use_generalized_adapter` and `use_specialized_adapters` cannot both be False: the context would "
                 "be empty."
             )
-        if self.load_balance_weight < 0:
-            raise ValueError(f"`load_balance_weight` must be >= 0, got {self.load_balance_weight}.")
+        # NaN passes `< 0` and inf would swamp the student's loss: both refused by name.
+        if not (math.isfinite(self.load_balance_weight) and self.load_balance_weight >= 0):
+            raise ValueError(f"`load_balance_weight` must be a finite number >= 0, got {self.load_balance_weight}.")
         for name in ("teacher_hidden_size", "student_hidden_size"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
