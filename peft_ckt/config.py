@@ -141,6 +141,15 @@ class CKTConfig(PeftConfig):
             "auxiliary loss' ablation)."
         },
     )
+    zero_idle_expert_grads: bool = field(
+        default=False,
+        metadata={
+            "help": "Give a specialized adapter that no sample of the batch picked a zero gradient instead of none "
+            "(`.grad is None`), as the authors' code does by running every expert. Costs one tiny extra term per "
+            "idle expert; useful with optimizers or gradient checks that expect every trainable parameter to have a "
+            "gradient."
+        },
+    )
     use_generalized_adapter: bool = field(
         default=True,
         metadata={

@@ -75,3 +75,34 @@ def test_non_finite_saved_weights_are_named_at_load(model, teacher, tmp_path):
     save_file(tensors, str(weights))
     with pytest.raises(ValueError, match=rf"{weights} hold NaN or inf values in 1 tensor\(s\): {key}"):
         PeftModel.from_pretrained(tiny_cosmos_student(), str(tmp_path), teacher=teacher)
+
+
+# ---------------------------------------------------------------------------------------------- peft rows
+def test_ckt_layer_in_and_out_features_are_the_bank_widths(model, teacher):
+    layer = model.base_model.ckt_layer
+    bank = model.get_bank()
+    assert layer.in_features == bank.teacher_hidden_size  # d_t: what the bank reads
+    assert layer.out_features == bank.student_hidden_size  # d_s: what the bank writes
+    assert bank.teacher_hidden_size != bank.student_hidden_size  # the test tells them apart
+
+
+@pytest.mark.parametrize("zero_idle", [False, True])
+def test_zero_idle_expert_grads(teacher, zero_idle):
+    torch.manual_seed(0)
+    config = CKTConfig(teacher=teacher, zero_idle_expert_grads=zero_idle, **{**SMALL, "num_experts": 4})
+    model = get_peft_model(tiny_cosmos_student(), config)
+    bank = model.get_bank()
+    with torch.no_grad():  # route every sample to expert 0: the others are idle
+        bank.router.mlp[-1].bias.copy_(torch.tensor([50.0, 0.0, 0.0, 0.0]))
+    model.train()
+    out = model(**tiny_cosmos_inputs(2), teacher_inputs=tiny_wan_inputs(2))
+    out_tensor = out if isinstance(out, torch.Tensor) else out[0]
+    out_tensor.float().square().mean().backward()
+    assert model.last_context().topk_indices.flatten().tolist() == [0, 0]
+    assert bank.specialized[0].down.weight.grad is not None
+    for expert in bank.specialized[1:]:
+        grads = [p.grad for p in expert.parameters()]
+        if zero_idle:
+            assert all(g is not None and not g.any() for g in grads)
+        else:
+            assert all(g is None for g in grads)
