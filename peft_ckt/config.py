@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
@@ -150,6 +151,15 @@ class CKTConfig(PeftConfig):
             "auxiliary loss' ablation)."
         },
     )
+    zero_idle_expert_grads: bool = field(
+        default=False,
+        metadata={
+            "help": "Give a specialized adapter that no sample of the batch picked a zero gradient instead of none "
+            "(`.grad is None`), as the authors' code does by running every expert. Costs one tiny extra term per "
+            "idle expert; useful with optimizers or gradient checks that expect every trainable parameter to have a "
+            "gradient."
+        },
+    )
     use_generalized_adapter: bool = field(
         default=True,
         metadata={
@@ -233,8 +243,9 @@ class CKTConfig(PeftConfig):
                 "`use_generalized_adapter` and `use_specialized_adapters` cannot both be False: the context would "
                 "be empty."
             )
-        if self.load_balance_weight < 0:
-            raise ValueError(f"`load_balance_weight` must be >= 0, got {self.load_balance_weight}.")
+        # NaN passes `< 0` and inf would swamp the student's loss: both refused by name.
+        if not (math.isfinite(self.load_balance_weight) and self.load_balance_weight >= 0):
+            raise ValueError(f"`load_balance_weight` must be a finite number >= 0, got {self.load_balance_weight}.")
         for name in ("teacher_hidden_size", "student_hidden_size"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):

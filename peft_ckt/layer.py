@@ -282,6 +282,7 @@ class CKTAdapterBank(nn.Module):
         self.student_hidden_size = student_hidden_size
         self.injection = config.injection
         self.num_experts = config.num_experts
+        self.zero_idle_expert_grads = getattr(config, "zero_idle_expert_grads", False)
 
         def branch() -> CKTBranch:
             return CKTBranch(
@@ -347,20 +348,28 @@ class CKTAdapterBank(nn.Module):
         counts = (flat_experts[:, None] == expert_ids).sum(0).tolist()  # the one host sync
         compiling = torch.compiler.is_compiling()
         outputs = []
+        idle_terms = []
         start = 0
         for expert, count in zip(self.specialized, counts):
             if compiling:
                 torch._check(count >= 0)
                 torch._check(count <= batch)
             elif not count:
-                continue  # idle experts do not run (and get no gradient)
+                # Idle experts do not run (and get no gradient); optionally a zero one, so that every expert's
+                # `.grad` is a tensor as in the authors' dense code.
+                if self.zero_idle_expert_grads and torch.is_grad_enabled():
+                    idle_terms.extend(p.sum() * 0 for p in expert.parameters() if p.requires_grad)
+                continue
             rows = sample_of_slot.narrow(0, start, count)
             outputs.append(expert(teacher_features.index_select(0, rows)))
             start += count
         grouped = torch.cat(outputs, dim=0)  # [B*k, K, d_s] in expert order
         grouped = grouped * weight_of_slot.to(grouped.dtype)[:, None, None]
         combined = grouped.new_zeros(batch, *grouped.shape[1:])
-        return combined.index_add(0, sample_of_slot, grouped)
+        combined = combined.index_add(0, sample_of_slot, grouped)
+        if idle_terms:
+            combined = combined + torch.stack(idle_terms).sum().to(combined.dtype)
+        return combined
 
     def _specialized_dense(
         self, teacher_features: torch.Tensor, topk_indices: torch.Tensor, topk_weights: torch.Tensor
@@ -464,6 +473,25 @@ class CKTLayer(nn.Module, BaseTunerLayer):
         if device is None or device.type == "meta" or any(p.device.type == "meta" for p in bank.parameters()):
             return
         self.ckt_bank[adapter_name] = bank.to(device)
+
+    # peft's tuner layers expose `in_features`/`out_features` of the wrapped layer. A CKT bank maps teacher tokens to
+    # context tokens for the student, so here they are the widths of the active adapter's bank (the first bank when
+    # none is active): `in_features` = d_t (teacher width it reads), `out_features` = d_s (student width it writes).
+    def _reference_bank(self) -> CKTAdapterBank:
+        for name in [*self.active_adapters, *self.ckt_bank.keys()]:
+            if name in self.ckt_bank:
+                return self.ckt_bank[name]
+        raise AttributeError(f"{type(self).__name__} holds no CKT adapter bank yet: it has no in/out features.")
+
+    @property
+    def in_features(self) -> int:
+        """d_t: width of the teacher features the (active) adapter bank reads."""
+        return self._reference_bank().teacher_hidden_size
+
+    @property
+    def out_features(self) -> int:
+        """d_s: width of the context tokens the (active) adapter bank adds to the student's conditioning."""
+        return self._reference_bank().student_hidden_size
 
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)

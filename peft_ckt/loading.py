@@ -26,16 +26,30 @@ _PATCH_MARKER = "_peft_ckt_load_checks"
 def check_weights_file(path: str) -> None:
     """Reads the header of a safetensors file (no tensor data) and raises a ValueError naming `path` when the file
     is truncated or corrupt."""
+    import torch
     from safetensors import safe_open
 
     try:
         with safe_open(path, framework="pt") as f:
-            f.keys()
+            keys = list(f.keys())
+            # Adapters are small: every tensor is read once, so that NaN/inf weights (a diverged run saved) are
+            # named here rather than turning every output into NaN later.
+            non_finite = [
+                key
+                for key in keys
+                if (tensor := f.get_tensor(key)).is_floating_point() and not bool(torch.isfinite(tensor).all())
+            ]
     except Exception as err:  # safetensors raises its own SafetensorError (and OSError for unreadable files)
         raise ValueError(
             f"Cannot read the CKT adapter weights {path}: {err}. The file is truncated or corrupt; save or download "
             "the adapter again."
         ) from None
+    if non_finite:
+        shown = ", ".join(non_finite[:5]) + (f" and {len(non_finite) - 5} more" if len(non_finite) > 5 else "")
+        raise ValueError(
+            f"The CKT adapter weights {path} hold NaN or inf values in {len(non_finite)} tensor(s): {shown}. The "
+            "training that saved them diverged; load an earlier checkpoint."
+        )
 
 
 def check_adapter_folder(model_id: Any, subfolder: Optional[str] = None) -> None:

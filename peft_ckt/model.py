@@ -585,6 +585,14 @@ class CKTModel(BaseTuner):
         adapter_name = adapter_name or self._active_adapter_name()
         bank = self.get_bank(adapter_name)
         features = teacher_features.to(device=bank.device, dtype=bank.dtype)
+        # NaN/inf would spread silently through the softmax into every token of the context; one sync per
+        # observation (the bank syncs once anyway).
+        if isinstance(features, torch.Tensor) and features.is_floating_point() and not torch.compiler.is_compiling():
+            if not bool(torch.isfinite(features).all()):
+                raise ValueError(
+                    "The teacher features given to the CKT adapter bank hold NaN or inf values; check the teacher's "
+                    "inputs, its dtype (fp16 overflow) or the feature cache."
+                )
         context = bank(features)
         self._remember(context, adapter_name)
         return context
@@ -678,6 +686,14 @@ class CKTModel(BaseTuner):
                 f"`ckt_context` must be a floating-point tensor [B, 2K(+1), d_s] = [B, {length}, {width}] holding data "
                 f"(e.g. `model.encode_teacher(...)`), got {got}."
             )
+        # Values are checked once per tensor: a context this model made (the remembered one) was checked from its
+        # features, so the per-denoising-step path does not sync again.
+        last = self._ckt_state().last_context
+        if (last is None or last.tokens is not tokens) and not torch.compiler.is_compiling():
+            if not bool(torch.isfinite(tokens).all()):
+                raise ValueError(
+                    "`ckt_context` holds NaN or inf values; recompute it with `model.encode_teacher(...)`."
+                )
 
     @contextmanager
     def _injecting(self, injection: Optional[_ForwardInjection], peft_call: bool = False) -> Iterator[None]:

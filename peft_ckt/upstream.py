@@ -67,18 +67,45 @@ class UpstreamCheckpointError(ValueError):
 
 def load_upstream_checkpoint(path: str) -> dict[str, Any]:
     """Loads their `.pt` with `weights_only=True`: tensors and plain containers only, never arbitrary objects."""
+    if not os.path.exists(path):
+        raise UpstreamCheckpointError(f"{path!r}: no such checkpoint file.")
+    if os.path.isdir(path):
+        raise UpstreamCheckpointError(f"{path!r} is a folder, not a CKT-WAM checkpoint file (.pt).")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle errors name the refused global
-        raise UpstreamCheckpointError(
-            f"Refusing to load {path!r}: it holds more than tensors and plain values (torch.load(weights_only=True) "
-            f"failed: {error})."
-        ) from error
+    except Exception as error:
+        raise UpstreamCheckpointError(_unloadable_reason(path, error)) from error
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("adapter_bank"), dict):
         raise UpstreamCheckpointError(
             f"{path!r} is not a CKT-WAM checkpoint: expected a dict with an 'adapter_bank' state dict."
         )
     return checkpoint
+
+
+def _unloadable_reason(path: str, error: Exception) -> str:
+    """Why `torch.load` failed, told apart from the file itself: a refused pickle global (the only case that
+    means "more than tensors"), a truncated or corrupt torch zip archive, a text file, or something else."""
+    import pickle
+
+    if isinstance(error, pickle.UnpicklingError) and "weights_only" in str(error).lower().replace(" ", "_"):
+        return (
+            f"Refusing to load {path!r}: it holds more than tensors and plain values (torch.load(weights_only=True) "
+            f"failed: {error})."
+        )
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if not head:
+        return f"{path!r} is empty, not a CKT-WAM checkpoint."
+    if head.startswith(b"PK"):  # torch.save's zip archive, cut short or damaged
+        return f"{path!r} is a truncated or corrupt torch checkpoint (torch.load failed: {error}); copy it again."
+    try:
+        head.decode("utf-8")
+        is_text = b"\0" not in head
+    except UnicodeDecodeError:
+        is_text = False
+    if is_text:
+        return f"{path!r} is a text file, not a CKT-WAM checkpoint (a .pt file written by torch.save)."
+    return f"{path!r} is not a torch checkpoint torch.load can read ({type(error).__name__}: {error})."
 
 
 def _rename_branch_parameter(name: str) -> str:
@@ -241,6 +268,8 @@ def save_converted(
             f"The converted weights do not fit the bank: missing {missing}, unexpected {unexpected}, wrong shapes {wrong}."
         )
 
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise UpstreamCheckpointError(f"The output {output_dir!r} is a file, not a folder; choose another path.")
     os.makedirs(output_dir, exist_ok=True)
     written = []
     with tempfile.TemporaryDirectory(dir=output_dir, prefix=".convert-") as staging:

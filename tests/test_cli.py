@@ -149,6 +149,20 @@ def test_push_refuses_a_folder_that_is_not_a_ckt_adapter(ckt_adapter_folder, tmp
         main(["push", str(tmp_path), "me/repo"])
 
 
+def _one_line_error(argv: list[str], capsys) -> str:
+    """Runs `peft-ckt ARGV`, which must fail with status 2 and one line on stderr (or a one-line SystemExit)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    code = exit_info.value.code
+    if isinstance(code, str):
+        line = code
+    else:
+        assert code == 2
+        line = capsys.readouterr().err.strip()
+    assert line and "\n" not in line and "Traceback" not in line, line
+    return line
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -157,17 +171,40 @@ def test_push_refuses_a_folder_that_is_not_a_ckt_adapter(ckt_adapter_folder, tmp
             ["--preset", "tiny", "--resume", "/no/such/checkpoint"],
             r"--resume '/no/such/checkpoint': no such checkpoint",
         ),
-        (["--preset", "tiny", "--max-steps", "0"], r"^peft-ckt train: error: --max-steps must be >= 1, got 0\.$"),
-        (["--preset", "tiny", "--learning-rate", "0"], r"--learning-rate must be > 0, got 0.0"),
-        (["--preset", "tiny", "--learning-rate=-1e-4"], r"--learning-rate must be > 0"),
+        (["--preset", "tiny", "--max-steps", "0"], r"^peft-ckt train: error: --max-steps: must be >= 1, got 0\.$"),
+        (["--preset", "tiny", "--learning-rate", "0"], r"--learning-rate: must be > 0, got 0.0"),
+        (["--preset", "tiny", "--learning-rate=-1e-4"], r"--learning-rate: must be > 0"),
+        # a negative value with an exponent parses (argparse alone says "expected one argument"), then is checked
+        (["--preset", "tiny", "--learning-rate", "-1e-3"], r"^peft-ckt train: error: --learning-rate: must be > 0"),
+        (["--preset", "tiny", "--weight-decay", "-1"], r"^peft-ckt train: error: --weight-decay: must be a finite"),
+        (["--preset", "tiny", "--weight-decay", "nan"], r"--weight-decay: must be a finite"),
+        # the adapter config's own errors, named by flag
+        (["--preset", "tiny", "--top-k", "9"], r"^peft-ckt train: error: --top-k: `top_k` \(9\) cannot be larger"),
+        (["--preset", "tiny", "--adapter-dropout", "1.5"], r"^peft-ckt train: error: --adapter-dropout: "),
+        (["--preset", "tiny", "--load-balance-weight", "-1"], r"^peft-ckt train: error: --load-balance-weight: "),
+        (["--preset", "tiny", "--load-balance-weight", "nan"], r"--load-balance-weight: .*finite"),
         ([], r"no --preset given"),
     ],
 )
-def test_train_argument_errors_are_one_line(argv, message):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", *argv])
-    assert isinstance(exit_info.value.code, str) and "\n" not in exit_info.value.code
-    assert re.search(message, exit_info.value.code), exit_info.value.code
+def test_train_argument_errors_are_one_line(argv, message, capsys):
+    line = _one_line_error(["train", *argv], capsys)
+    assert re.search(message, line), line
+
+
+def test_train_output_dir_that_is_a_file_is_one_line(tmp_path, capsys):
+    existing = tmp_path / "file"
+    existing.write_text("x")
+    line = _one_line_error(["train", "--preset", "tiny", "--output-dir", str(existing)], capsys)
+    assert line.startswith("peft-ckt train: error: --output-dir: ") and "is a file" in line
+
+
+def test_cache_teacher_checks_batch_size_before_creating_the_output(tmp_path, capsys):
+    out = tmp_path / "cache"
+    line = _one_line_error(
+        ["cache-teacher", "--preset", "tiny", "--output-dir", str(out), "--batch-size", "0"], capsys
+    )
+    assert line == "peft-ckt cache-teacher: error: --batch-size: must be >= 1, got 0."
+    assert not out.exists()
 
 
 def test_train_argument_error_prints_no_traceback():
@@ -179,5 +216,19 @@ def test_train_argument_error_prints_no_traceback():
         timeout=120,
         env=dict(os.environ, OMP_NUM_THREADS="1"),
     )
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "Unknown preset 'nope'" in proc.stderr
+
+
+def test_config_error_prints_no_traceback_and_exits_2():
+    script = Path(sys.executable).with_name("peft-ckt")
+    proc = subprocess.run(
+        [str(script), "train", "--preset", "tiny", "--top-k", "9"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith("peft-ckt train: error: --top-k: ")

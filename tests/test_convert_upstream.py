@@ -201,3 +201,33 @@ def test_refuses_pickled_objects_and_foreign_files(tmp_path):
     with pytest.raises(SystemExit, match="not a CKT-WAM checkpoint"):
         convert(tmp_path)
     assert not (tmp_path / "adapter").exists()
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda path: None, r"no such checkpoint file"),
+        (lambda path: path.write_text("just some notes\n"), r"is a text file, not a CKT-WAM checkpoint"),
+        (lambda path: path.write_bytes(b""), r"is empty"),
+        ("truncated", r"is a truncated or corrupt torch checkpoint"),
+    ],
+)
+def test_unreadable_checkpoints_are_named_for_what_they_are(tmp_path, make, message):
+    path = tmp_path / "checkpoint_00005000.pt"
+    if make == "truncated":
+        upstream_checkpoint(path)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        make(path)
+    with pytest.raises(SystemExit, match=message) as exit_info:
+        convert(tmp_path)
+    assert "holds more than tensors" not in str(exit_info.value)
+    assert not (tmp_path / "adapter").exists()
+
+
+def test_output_path_that_is_a_file_is_one_clear_error(tmp_path):
+    upstream_checkpoint(tmp_path / "checkpoint_00005000.pt")
+    (tmp_path / "adapter").write_text("x")
+    with pytest.raises(SystemExit, match=r"The output .*adapter' is a file, not a folder"):
+        convert(tmp_path)

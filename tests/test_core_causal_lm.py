@@ -133,3 +133,16 @@ def test_student_gradient_checkpointing_transformers(teacher):
     model(input_ids=ids, labels=ids, teacher_inputs=teacher_inputs()).loss.backward()
     grads = [p.grad for n, p in model.named_parameters() if p.requires_grad and "generalized" in n]
     assert grads and all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_prepend_logits_shape_against_the_unloaded_student(teacher):
+    # The README states it: L + 2K + 1 positions with the context (first), L once unloaded; the last L line up.
+    model = make_model(teacher)
+    ids = student_ids()
+    length = ids.shape[1]
+    with_context = model(input_ids=ids, teacher_inputs=teacher_inputs()).logits
+    assert with_context.shape == (2, length + 2 * K + 1, 64)
+    student = model.unload()
+    plain = student(input_ids=ids).logits
+    assert plain.shape == (2, length, 64)
+    assert with_context[:, -length:].shape == plain.shape

@@ -58,8 +58,19 @@ def run(args: argparse.Namespace) -> int:
     from ..teacher_cache import cache_teacher_features
     from ..training.arguments import CKTTrainingArguments
     from ..training.presets import get_preset
+    from . import config_error
 
-    preset = get_preset(args.preset)
+    # Checked before anything is built or the output folder is created.
+    try:
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}.")
+        if not args.max_shard_size_mb > 0:
+            raise ValueError(f"--max-shard-size-mb must be > 0, got {args.max_shard_size_mb}.")
+        if args.num_train_samples is not None and args.num_train_samples < 1:
+            raise ValueError(f"--num-train-samples must be >= 1, got {args.num_train_samples}.")
+        preset = get_preset(args.preset)
+    except ValueError as err:
+        raise config_error("cache-teacher", err) from None
     training_args = CKTTrainingArguments(preset=args.preset, num_train_samples=args.num_train_samples)
     teacher = preset.build_teacher()
     if args.teacher_dtype:

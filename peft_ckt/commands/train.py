@@ -29,18 +29,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def check_train_arguments(args: argparse.Namespace):
     """The training arguments, checked before any model is built; SystemExit with one line naming the problem."""
     import os
+    import sys
 
+    from ..config import CKTConfig
     from ..training.arguments import CKTTrainingArguments, arguments_from_namespace
-    from ..training.presets import get_preset
+    from ..training.presets import _CONFIG_OVERRIDES, get_preset
+    from . import config_error
 
     try:
         training_args = arguments_from_namespace(args, CKTTrainingArguments)
         if training_args.preset is not None:
-            get_preset(training_args.preset)
+            preset = get_preset(training_args.preset)
+            # The adapter's config is checked here (no teacher), so that its errors name the flag before any model
+            # is built.
+            config_kwargs = dict(preset.ckt_config_kwargs)
+            for name in _CONFIG_OVERRIDES:
+                if getattr(training_args, name) is not None:
+                    config_kwargs[name] = getattr(training_args, name)
+            CKTConfig(teacher_layer=preset.teacher_layer, **config_kwargs)
     except ValueError as err:
-        raise SystemExit(f"peft-ckt train: error: {err}") from None
+        raise config_error("train", err) from None
     if training_args.preset is None:
         raise SystemExit("peft-ckt train: error: no --preset given (e.g. `--preset tiny`); see --help.")
+    if os.path.exists(training_args.output_dir) and not os.path.isdir(training_args.output_dir):
+        print(
+            f"peft-ckt train: error: --output-dir: {training_args.output_dir!r} is a file, not a folder.",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     resume = training_args.resume
     if resume and resume != "latest" and not os.path.isdir(resume):
         raise SystemExit(f"peft-ckt train: error: --resume {resume!r}: no such checkpoint folder.")

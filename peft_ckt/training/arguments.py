@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
@@ -192,6 +193,8 @@ class CKTTrainingArguments:
             raise ValueError(f"--max-steps must be >= 1, got {self.max_steps}.")
         if not self.learning_rate > 0:
             raise ValueError(f"--learning-rate must be > 0, got {self.learning_rate}.")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}.")
         if self.router_learning_rate is not None and not self.router_learning_rate > 0:
             raise ValueError(f"--router-learning-rate must be > 0, got {self.router_learning_rate}.")
         if self.per_device_batch_size < 1 or self.gradient_accumulation_steps < 1:
