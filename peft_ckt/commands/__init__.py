@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "convert_upstream",
     "eval_libero",
     "collect_libero",
+    "ablations",
 )
 
 
