@@ -87,4 +87,3 @@ def format_ablation_table(config: CKTConfig, teacher_hidden_size: int, student_h
         paper = f"{ablation.paper_total_success:.1f}%" if ablation.paper_total_success is not None else "-"
         lines.append(f"{name:<18} {counts[name]:>14,} {paper:>12}  {ablation.description}")
     return "\n".join(lines)
-
