@@ -10,6 +10,7 @@ from .layer import CKTAdapterBank, CKTContext, CKTLayer
 from .loading import install_load_checks
 from .model import CKTModel
 from .registration import register_ckt
+from .teacher_ref import TeacherRef
 
 __version__ = "0.1.0"
 
@@ -19,4 +20,13 @@ install_push_to_hub()
 # A local CKT adapter folder with missing or corrupt weights, or a mislabelled peft_type, fails with a named error.
 install_load_checks()
 
-__all__ = ["CKTAdapterBank", "CKTConfig", "CKTContext", "CKTLayer", "CKTModel", "__version__", "register_ckt"]
+__all__ = [
+    "CKTAdapterBank",
+    "CKTConfig",
+    "CKTContext",
+    "CKTLayer",
+    "CKTModel",
+    "__version__",
+    "TeacherRef",
+    "register_ckt",
+]

@@ -2,7 +2,7 @@
 
 Each ablation is a set of [`CKTConfig`] fields: `use_specialized_adapters=False` (generalized adapter only: no router,
 no specialized adapters, no `L_bal`), `use_generalized_adapter=False` (routed specialized adapters only) and
-`load_balance_weight=0` (no auxiliary loss). `python -m peft_ckt.ablations` prints their trainable parameters at the
+`load_balance_weight=0` (no auxiliary loss). `peft-ckt ablations` prints their trainable parameters at the
 paper's widths (teacher 5120, student 2048).
 """
 
@@ -87,7 +87,3 @@ def format_ablation_table(config: CKTConfig, teacher_hidden_size: int, student_h
         paper = f"{ablation.paper_total_success:.1f}%" if ablation.paper_total_success is not None else "-"
         lines.append(f"{name:<18} {counts[name]:>14,} {paper:>12}  {ablation.description}")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    print(format_ablation_table(CKTConfig(teacher_layer="blocks.20"), 5120, 2048))

@@ -10,33 +10,9 @@ from peft.config import PeftConfig
 from peft.utils import PeftType
 from torch import nn
 
+from .teacher_ref import TeacherRef
+
 INJECTION_MODES = ("append", "prepend")
-
-
-class _SharedModuleRef:
-    """Holds a teacher module so that copies of the config share it instead of copying a (possibly 14B) model."""
-
-    __slots__ = ("module",)
-
-    def __init__(self, module: nn.Module):
-        self.module = module
-
-    def __deepcopy__(self, memo: dict) -> _SharedModuleRef:
-        return self
-
-    def __copy__(self) -> _SharedModuleRef:
-        return self
-
-
-def module_reference(module: nn.Module) -> tuple[Optional[str], str]:
-    """Returns `(name_or_path, "package.module.Class")` of a model, the name being `None` when the model was not
-    loaded from a Hub id or a folder (e.g. built from a config)."""
-    config = getattr(module, "config", None)
-    name = getattr(module, "name_or_path", None) or getattr(config, "_name_or_path", None)
-    if name is None and isinstance(config, dict):  # diffusers' FrozenDict config
-        name = config.get("_name_or_path")
-    cls = type(module)
-    return (str(name) if name else None), f"{cls.__module__}.{cls.__qualname__}"
 
 
 @dataclass
@@ -191,7 +167,7 @@ class CKTConfig(PeftConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PeftType.CKT
-        self._teacher_ref: Optional[_SharedModuleRef] = None
+        self._teacher_ref: Optional[TeacherRef] = None
         if isinstance(self.teacher, nn.Module):
             self.attach_teacher(self.teacher)
         elif self.teacher is not None and not isinstance(self.teacher, str):
@@ -265,17 +241,35 @@ class CKTConfig(PeftConfig):
         return branches * self.num_context_tokens + int(self.use_separator)
 
     @property
+    def teacher_ref(self) -> TeacherRef:
+        """The teacher as one [`TeacherRef`]: the attached module (never serialized) and the reference that
+        `adapter_config.json` stores. The `teacher`/`teacher_class` fields are that stored reference, so the ref
+        mirrors them; attach or load a teacher through `CKTModel.attach_teacher` / `CKTModel.teacher_module`."""
+        if isinstance(self.teacher, nn.Module):  # set on the config after construction
+            self.attach_teacher(self.teacher)
+        ref = getattr(self, "_teacher_ref", None)
+        if ref is None:
+            ref = self._teacher_ref = TeacherRef()
+        ref.name, ref.teacher_class = self.teacher or None, self.teacher_class
+        ref.trust_remote_code = self.trust_remote_code
+        return ref
+
+    @property
     def teacher_module(self) -> Optional[nn.Module]:
         """The attached teacher module, if any (never serialized)."""
         ref = getattr(self, "_teacher_ref", None)
         return ref.module if ref is not None else None
 
-    def attach_teacher(self, teacher: nn.Module) -> None:
-        """Keeps `teacher` by reference and records its name/path and class for `adapter_config.json`."""
-        if not isinstance(teacher, nn.Module):
+    def attach_teacher(self, teacher: Union[nn.Module, TeacherRef]) -> None:
+        """Keeps a teacher module by reference and records its name/path and class for `adapter_config.json`; a
+        [`TeacherRef`] is kept as it is (e.g. one just loaded from the stored reference, which it keeps)."""
+        if not isinstance(teacher, (nn.Module, TeacherRef)):
             raise TypeError(f"The teacher must be an nn.Module, got {type(teacher).__name__}.")
-        self._teacher_ref = _SharedModuleRef(teacher)
-        self.teacher, self.teacher_class = module_reference(teacher)
+        ref = teacher if isinstance(teacher, TeacherRef) else TeacherRef(teacher)
+        if ref.module is None:
+            raise TypeError("The TeacherRef holds no module: call `load()` on it first.")
+        self._teacher_ref = ref
+        self.teacher, self.teacher_class = ref.name, ref.teacher_class
 
     # Not a dataclass field, so never read from nor written to `adapter_config.json`: only the user can set it.
     @property

@@ -102,8 +102,9 @@ def build_model_card(
     trainable, total = count_adapter_parameters(model, adapter_name)
     trainable_pct = 100.0 * trainable / max(total, 1)
     student_class = type(model.get_base_model()).__name__
-    teacher_ref = config.teacher if isinstance(config.teacher, str) else None
-    teacher_class = config.teacher_class or "unknown"
+    stored = config.teacher_ref.to_config_dict()  # what adapter_config.json holds for the teacher
+    teacher_ref = stored["teacher"]
+    teacher_class = stored["teacher_class"] or "unknown"
     teacher_text = (
         f"`{teacher_ref}` (`{teacher_class}`)"
         if teacher_ref
@@ -115,7 +116,7 @@ def build_model_card(
     # Extra metadata keys are kept by the Hub; they make the transfer searchable and machine-readable.
     card_data.ckt = {
         "teacher": teacher_ref,
-        "teacher_class": config.teacher_class,
+        "teacher_class": stored["teacher_class"],
         "teacher_layer": config.teacher_layer,
         "num_context_tokens": config.num_context_tokens,
         "num_experts": config.num_experts,

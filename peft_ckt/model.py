@@ -32,13 +32,8 @@ from .injection import (
     resolve_route,
 )
 from .layer import MERGE_ERROR, CKTAdapterBank, CKTContext, CKTLayer
-from .teacher import (
-    TeacherFeatureExtractor,
-    check_safetensors_folder,
-    check_trusted_class_path,
-    load_teacher,
-    teacher_layer_width,
-)
+from .teacher import TeacherFeatureExtractor, teacher_layer_width
+from .teacher_ref import TeacherRef
 
 # Not "ckt_...": peft skips modules whose name contains the method prefix when it walks tuner layers.
 LAYER_NAME = "ckt"
@@ -289,7 +284,10 @@ class CKTModel(BaseTuner):
 
         # A stored teacher reference is loaded now only if its width is unknown; otherwise on first use, so that
         # training from cached features, pushing or inspecting an adapter never loads a (possibly 14B) teacher.
-        teacher = self._resolve_teacher(config, load=config.teacher_hidden_size is None)
+        ref = config.teacher_ref
+        teacher = ref.resolve(load=config.teacher_hidden_size is None)
+        if teacher is not None:
+            config.attach_teacher(ref)  # the loaded module, under the reference the adapter was saved with
         extractor = (
             TeacherFeatureExtractor(teacher, config.teacher_layer, config.teacher_output_index)
             if teacher is not None
@@ -429,47 +427,6 @@ class CKTModel(BaseTuner):
         handles.append(module.register_forward_hook(finish, with_kwargs=True, always_call=True))
         return injection.before_student(module, args, kwargs)
 
-    @staticmethod
-    def _resolve_teacher(config: CKTConfig, load: bool) -> Optional[nn.Module]:
-        """The attached teacher module; a stored reference is loaded only when `load` (else lazily, on first use)."""
-        if isinstance(config.teacher, nn.Module):  # set on the config after construction
-            config.attach_teacher(config.teacher)
-        if config.teacher_module is not None:
-            return config.teacher_module
-        if config.teacher and load:
-            return CKTModel._load_teacher_reference(config)
-        return None
-
-    @staticmethod
-    def _load_teacher_reference(config: CKTConfig) -> nn.Module:
-        reference, teacher_class = config.teacher, config.teacher_class
-        trust = config.trust_remote_code
-        if not trust:  # refused before anything is imported or read, with its own message (not wrapped below)
-            what = f"The CKT adapter's teacher reference ({reference!r})"
-            opt_in = (
-                "`trust_remote_code=True` to `PeftModel.from_pretrained` (or set `config.trust_remote_code = True`), "
-                "or load the teacher yourself and pass `teacher=`"
-            )
-            if teacher_class:
-                check_trusted_class_path(teacher_class, what, opt_in)
-            check_safetensors_folder(reference, "The CKT teacher folder", opt_in)
-        try:
-            teacher = load_teacher(reference, teacher_class, trust_remote_code=trust)
-        except Exception as err:
-            pickle_hint = (
-                " The teacher is read from safetensors only: `trust_remote_code=True` allows pickle weights."
-                if not trust and "safetensors" in str(err)
-                else ""
-            )
-            raise RuntimeError(
-                f"Could not load the CKT teacher {reference!r} (class {teacher_class}): {err}.{pickle_hint} Pass the "
-                "teacher module instead: `PeftModel.from_pretrained(student, path, teacher=teacher)`."
-            ) from err
-        config.attach_teacher(teacher)
-        # Keep the reference the adapter was saved with (the loaded model may report a cache path).
-        config.teacher, config.teacher_class = reference, teacher_class or config.teacher_class
-        return teacher
-
     # ------------------------------------------------------------------ adapters
     @property
     def ckt_layer(self) -> CKTLayer:
@@ -485,16 +442,31 @@ class CKTModel(BaseTuner):
         """The adapter bank of `adapter_name` (default: the active adapter)."""
         return self.ckt_layer.ckt_bank[adapter_name or self._active_adapter_name()]
 
-    def attach_teacher(self, teacher: nn.Module, adapter_name: Optional[str] = None) -> None:
-        """Attaches (or replaces) the teacher of an adapter, e.g. after loading an adapter trained from a cache."""
+    def attach_teacher(self, teacher: Union[nn.Module, TeacherRef], adapter_name: Optional[str] = None) -> None:
+        """Attaches (or replaces) the teacher of an adapter, e.g. after loading an adapter trained from a cache. A
+        loaded [`TeacherRef`] keeps its stored reference; a module records its own name/path and class."""
         adapter_name = adapter_name or self._active_adapter_name()
         config: CKTConfig = self.peft_config[adapter_name]
-        extractor = TeacherFeatureExtractor(teacher, config.teacher_layer, config.teacher_output_index)
-        inferred, certain = teacher_layer_width(teacher, extractor.layer, config.teacher_layer)
+        module = teacher.module if isinstance(teacher, TeacherRef) else teacher
+        if isinstance(teacher, TeacherRef) and module is None:
+            raise TypeError("The TeacherRef holds no module: call `load()` on it first.")
+        extractor = TeacherFeatureExtractor(module, config.teacher_layer, config.teacher_output_index)
+        inferred, certain = teacher_layer_width(module, extractor.layer, config.teacher_layer)
         saved = getattr(config, "_saved_adapter", None)
         _checked_width("teacher", config.teacher_hidden_size, inferred, config.teacher_layer, saved, certain)
         config.attach_teacher(teacher)
         self._ckt_state().extractors[adapter_name] = extractor
+
+    def teacher_module(self, adapter_name: Optional[str] = None, load: bool = True) -> Optional[nn.Module]:
+        """The teacher of an adapter (default: the active one). A stored reference (Hub id / local folder) is
+        trust-checked, loaded and attached when `load` (it is otherwise loaded on first use); `None` when the adapter
+        has no teacher (e.g. trained from cached features)."""
+        adapter_name = adapter_name or self._active_adapter_name()
+        config: CKTConfig = self.peft_config[adapter_name]
+        ref = config.teacher_ref
+        if self._ckt_state().extractors.get(adapter_name) is None and ref.resolve(load=load) is not None:
+            self.attach_teacher(ref, adapter_name)
+        return ref.module
 
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
@@ -562,13 +534,10 @@ class CKTModel(BaseTuner):
         """Runs the frozen teacher up to `teacher_layer` only: `H_T [B, N, d_t]`, detached, on the bank's device
         and dtype."""
         adapter_name = adapter_name or self._active_adapter_name()
-        extractor = self._ckt_state().extractors.get(adapter_name)
         config: CKTConfig = self.peft_config[adapter_name]
-        if extractor is None and isinstance(config.teacher, str) and config.teacher:
-            reference = config.teacher, config.teacher_class
-            self.attach_teacher(self._load_teacher_reference(config), adapter_name)
-            config.teacher, config.teacher_class = reference
-            extractor = self._ckt_state().extractors[adapter_name]
+        if self._ckt_state().extractors.get(adapter_name) is None:
+            self.teacher_module(adapter_name, load=True)  # a stored reference is loaded on first use
+        extractor = self._ckt_state().extractors.get(adapter_name)
         if extractor is None:
             raise ValueError(
                 f"No teacher is attached to CKT adapter {adapter_name!r}: pass `teacher=` to CKTConfig or to "

@@ -115,8 +115,8 @@ def cache_teacher_features(
     """
     from accelerate import PartialState
 
-    from .config import module_reference
     from .teacher import TeacherFeatureExtractor
+    from .teacher_ref import module_reference
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}.")

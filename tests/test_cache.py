@@ -15,16 +15,10 @@ from peft_ckt.teacher_cache import INDEX_NAME, CachedTeacherFeatures, TeacherFea
 from peft_ckt.testing import tiny_wan_teacher
 from peft_ckt.training import CKTTrainingArguments, SyntheticMovingBlobs, train
 
+# Accelerate keeps process-wide singletons (conftest.py resets them around each test).
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
+
 NUM_SAMPLES = 32
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
 
 
 @pytest.fixture(scope="module")

@@ -29,11 +29,6 @@ SMALL = dict(
 )
 
 
-@pytest.fixture(scope="module")
-def teacher():
-    return tiny_wan_teacher()
-
-
 def make_model(teacher, adapter_name="default", seed=0, **overrides):
     student = tiny_cosmos_student()
     torch.manual_seed(seed)

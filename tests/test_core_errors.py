@@ -31,11 +31,6 @@ SMALL = dict(
 )
 
 
-@pytest.fixture(scope="module")
-def teacher():
-    return tiny_wan_teacher()
-
-
 def test_unknown_teacher_layer_suggests_close_names(teacher):
     with pytest.raises(ValueError, match=r"teacher_layer='block\.1'.*Did you mean.*blocks\.1"):
         get_peft_model(tiny_cosmos_student(), CKTConfig(teacher=teacher, **{**SMALL, "teacher_layer": "block.1"}))

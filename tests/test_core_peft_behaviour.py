@@ -18,6 +18,8 @@ from transformers import GPT2Config, GPT2Model, LlamaConfig, LlamaForCausalLM, L
 from peft_ckt import CKTAdapterBank, CKTConfig
 from peft_ckt.testing import TinyWorldActionModel
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
 K = 2
 SMALL = dict(
     num_context_tokens=K,
@@ -29,15 +31,6 @@ SMALL = dict(
     adapter_dropout=0.0,
 )
 LM = dict(SMALL, teacher_layer="h.0", target_modules="embed_tokens", injection="prepend")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Milliseconds-sized ops: one intra-op thread avoids waiting on busy cores (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

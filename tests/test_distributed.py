@@ -10,7 +10,6 @@ from pathlib import Path
 import fsdp_worker
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from peft import PeftModel, get_peft_model
 from process_group import run_process_group, worker_env
 from safetensors.torch import load_file
@@ -70,15 +69,6 @@ def test_fsdp_two_cpu_processes_killed_and_resumed_match_a_single_process(versio
     trained = PeftModel.from_pretrained(tiny_cosmos_student(), str(tmp_path), teacher=setup.teacher)
     after = evaluate_loss(trained, setup.train_dataset, setup.student_loss)
     assert after["student_loss"] < before["student_loss"] - 0.02, (before, after)
-
-
-@pytest.fixture
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
 
 
 def test_bf16_student_and_teacher_with_an_fp32_bank(tmp_path, fresh_accelerate_state):

@@ -36,6 +36,8 @@ from transformers import GPT2Config, GPT2Model, LlamaConfig, LlamaForCausalLM
 from peft_ckt import CKTConfig
 from peft_ckt.testing import TinyWorldActionModel
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
 BANK = dict(
     num_context_tokens=2,
     num_experts=3,
@@ -172,15 +174,6 @@ CASES = [
         dict(teacher_layer="h.0", target_modules="embed_tokens", injection="prepend", top_k=2),
     ),
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Milliseconds-sized ops: one intra-op thread avoids waiting on busy cores (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(params=CASES, ids=[case.name for case in CASES])

@@ -18,18 +18,11 @@ from safetensors.torch import load_file
 from peft_ckt.training import CKTTrainer, CKTTrainingArguments, build_param_groups, build_training_setup, train
 from peft_ckt.training.trainer import TRAINABLE_STATE_FILE, evaluate_loss, list_checkpoints
 
+# Accelerate keeps process-wide singletons; each in-process run starts from a clean slate (conftest.py).
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
+
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    # Accelerate keeps process-wide singletons; each in-process run starts from a clean slate.
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
 
 
 def tiny_args(output_dir, **overrides) -> CKTTrainingArguments:

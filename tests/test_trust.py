@@ -22,7 +22,7 @@ import peft_ckt  # noqa: F401  (registers CKT)
 from peft_ckt import CKTConfig
 from peft_ckt.libero.policies import LiberoPolicy, check_policy_spec, load_policy, register_policy
 from peft_ckt.teacher import load_teacher
-from peft_ckt.testing import tiny_cosmos_inputs, tiny_cosmos_student, tiny_wan_inputs, tiny_wan_teacher
+from peft_ckt.testing import tiny_cosmos_inputs, tiny_cosmos_student, tiny_wan_inputs
 
 torch.set_num_threads(1)
 
@@ -76,11 +76,6 @@ def write_module(folder: Path, source: str, monkeypatch) -> tuple[str, Path]:
 def run(model: PeftModel) -> torch.Tensor:
     with torch.no_grad():
         return model(**tiny_cosmos_inputs(2), teacher_inputs=tiny_wan_inputs(2)).sample
-
-
-@pytest.fixture(scope="module")
-def teacher():
-    return tiny_wan_teacher()
 
 
 def saved_adapter(teacher, folder: Path, teacher_dir: Path, teacher_class: str | None = None) -> Path:

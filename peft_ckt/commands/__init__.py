@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "collect_libero",
     "libero_speed",
     "liberoplus_tasks",
+    "ablations",
 )
 
 

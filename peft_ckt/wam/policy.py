@@ -82,9 +82,8 @@ class WAMPolicy(LiberoPolicy):
 
     def _teacher(self) -> WorldActionModel:
         if self.teacher is None:
-            # A stored reference is loaded on first use by the CKT model; read it back from the config.
-            self.model.base_model._resolve_teacher(self.model.peft_config[self.model.active_adapter], load=True)
-            self.teacher = self.model.peft_config[self.model.active_adapter].teacher_module
+            # A stored reference is trust-checked, loaded and attached once, on first use.
+            self.teacher = self.model.base_model.teacher_module(self.model.active_adapter)
         return self.teacher
 
     @classmethod

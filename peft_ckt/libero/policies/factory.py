@@ -58,20 +58,17 @@ def check_policy_spec(spec: str | os.PathLike, trust_remote_code: bool = False) 
     """Refuses, without importing anything, a policy folder whose config.json names a `policy_class` outside the
     trusted packages (diffusers, transformers, peft_ckt) and not registered, or an adapter folder whose teacher
     reference names such a class or has only pickle weights; allowed with `trust_remote_code=True`."""
-    from ...teacher import check_safetensors_folder, check_trusted_class_path
+    from ...teacher import check_trusted_class_path
+    from ...teacher_ref import TeacherRef
 
     if trust_remote_code or str(spec) == "scripted":
         return
     path = Path(spec)
     adapter_config = path / "adapter_config.json"
     if adapter_config.is_file():
-        config = json.loads(adapter_config.read_text())
-        teacher, teacher_class = config.get("teacher"), config.get("teacher_class")
-        if isinstance(teacher, str) and teacher:
-            what = f"The teacher reference ({teacher!r}) of {adapter_config}"
-            if teacher_class:
-                check_trusted_class_path(str(teacher_class), what, POLICY_OPT_IN)
-            check_safetensors_folder(teacher, "The CKT teacher folder", POLICY_OPT_IN)
+        # The adapter's teacher is checked by the same rules as everywhere (TeacherRef), with the policy's opt-in.
+        teacher = TeacherRef.from_adapter_folder(path)
+        teacher.check(what=f"The teacher reference ({teacher.name!r}) of {adapter_config}", opt_in=POLICY_OPT_IN)
         return
     config_file = path / "config.json"
     if not config_file.is_file():
