@@ -21,7 +21,11 @@ from .base import LiberoPolicy
 
 POLICY_REGISTRY: dict[str, type] = {}
 # Policy types of this package, imported on first use: `"type"` in a policy folder's config.json -> module.
-BUILTIN_POLICY_MODULES = {"wam": "peft_ckt.wam.policy", "state_mlp": "peft_ckt.libero.policies.mlp"}
+BUILTIN_POLICY_MODULES = {
+    "wam": "peft_ckt.wam.policy",
+    "state_mlp": "peft_ckt.libero.policies.mlp",
+    "cnn": "peft_ckt.libero.policies.cnn",
+}
 
 
 def register_policy(name: str):
