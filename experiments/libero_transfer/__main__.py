@@ -126,10 +126,12 @@ def main(argv: list[str] | None = None) -> None:
     from .seeds import run_adapter_seeds
 
     args, settings, seeds = parse_settings(argv)
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("[demo] %(message)s"))
+    # The stages log to `experiments.libero_transfer.*`: shown as the `[demo] ...` progress lines.
     logger = logging.getLogger(LOGGER)
-    logger.addHandler(handler)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("[demo] %(message)s"))
+        logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     if seeds is not None:
         run_adapter_seeds(settings, seeds, args.output, args.cache)
