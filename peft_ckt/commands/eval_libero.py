@@ -96,11 +96,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 # The library's messages name the parameters of `evaluate_libero`; this command reports them as its flags.
 _PARAMETER_FLAGS = {
+    "assets": "--assets",
     "backend": "--backend",
     "num_workers": "--workers",
     "ray_address": "--ray-address",
     "ray_gpus_per_worker": "--ray-gpus-per-worker",
 }
+# Names also common as words ("the benchmark's assets"): mapped only as `name=value`.
+_VALUED_ONLY = {"assets"}
 _PARAMETER = re.compile(r"\b(" + "|".join(_PARAMETER_FLAGS) + r")\b(?:=(?:'([^']*)'|([^\s:;,]+)))?")
 
 
@@ -110,6 +113,8 @@ def flag_message(message: str) -> str:
     def to_flag(match: re.Match) -> str:
         flag = _PARAMETER_FLAGS[match[1]]
         value = match[2] if match[2] is not None else match[3]
+        if value is None and match[1] in _VALUED_ONLY:
+            return match[0]
         return flag if value is None else f"{flag} {value}"
 
     return _PARAMETER.sub(to_flag, message)

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_path
+from .env import CAMERAS, LiberoEnv, _as_hw, episode_seed
+from .perturbations import Perturbation, ScenePerturber
 from .runtime import LiberoConfigError, LiberoUnavailableError, configure_libero
 
 OFFICIAL_SUITES: tuple[str, ...] = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
@@ -427,7 +429,7 @@ def configure_liberoplus(assets: str | os.PathLike | None = None) -> LiberoPlusP
     if wanted is None:
         wanted = libero_paths.assets
     if not (wanted / "scenes").is_dir():
-        raise LiberoConfigError(f"--assets {wanted}: not an assets folder (no scenes/ inside)")
+        raise LiberoConfigError(f"assets={str(wanted)!r}: not an assets folder (no scenes/ inside)")
     root = package_root()
     config_dir = libero_paths.config_dir / "liberoplus"
     from .runtime import _write_config
@@ -497,7 +499,7 @@ def make_env(
     fast_render: bool = False,
 ):
     """A `LiberoEnv`-compatible environment for one official task (see `LiberoPlusEnv`)."""
-    return _env_class()(
+    return LiberoPlusEnv(
         task,
         image_size=image_size,
         cameras=cameras,
@@ -510,111 +512,100 @@ def make_env(
     )
 
 
-@functools.cache
-def _env_class():
-    from .env import CAMERAS, LiberoEnv, _as_hw
-    from .perturbations import Perturbation
+class LiberoPlusEnv(LiberoEnv):
+    """One official LIBERO-Plus task, with `LiberoEnv`'s interface (observations, actions, privileged state).
 
-    class LiberoPlusEnv(LiberoEnv):
-        """One official LIBERO-Plus task, with `LiberoEnv`'s interface (observations, actions, privileged state).
+    The wheel's env applies the task's perturbation itself: camera pose, robot start, light, background, layout
+    and instruction come with the task, sensor noise is applied to the agent-view image as the wheel does it
+    (on the frame as rendered, before it is turned upright). Episodes start from the task's init state
+    `init_index` (the official protocol uses 0 only). `fast_render` defaults to off: the official images.
+    """
 
-        The wheel's env applies the task's perturbation itself: camera pose, robot start, light, background, layout
-        and instruction come with the task, sensor noise is applied to the agent-view image as the wheel does it
-        (on the frame as rendered, before it is turned upright). Episodes start from the task's init state
-        `init_index` (the official protocol uses 0 only). `fast_render` defaults to off: the official images.
-        """
-
-        def __init__(
-            self,
-            task: OfficialTask,
-            image_size: int | tuple[int, int] = OFFICIAL_IMAGE_SIZE,
-            cameras: tuple[str, ...] = ("image", "wrist_image"),
-            render_images: bool = True,
-            privileged: bool = False,
-            seed: int = OFFICIAL_SEED,
-            max_steps: int | None = None,
-            num_settle_steps: int = OFFICIAL_SETTLE_STEPS,
-            fast_render: bool = False,
-        ) -> None:
-            unknown = [c for c in cameras if c not in CAMERAS]
-            if unknown:
-                raise ValueError(f"Unknown camera key(s) {unknown}; expected among {list(CAMERAS)}")
-            missing = missing_files(task)
-            if missing:
-                raise LiberoConfigError(
-                    f"LIBERO-Plus task {task.name} is not runnable offline: missing {', '.join(missing[:3])}"
-                    + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-                    + " (the benchmark's assets: --assets PATH)"
-                )
-            problem = check_bddl(task)
-            import torch
-            from liberoplus.liberoplus.envs import OffScreenRenderEnv
-
-            self.task = task
-            self.official_task = task
-            self.image_size = _as_hw(image_size)
-            self.cameras = tuple(cameras)
-            self.render_images = render_images
-            self.privileged = privileged
-            self.perturbation = Perturbation("none")
-            self.seed = seed
-            self.max_steps = max_steps if max_steps is not None else task.max_steps
-            self.num_settle_steps = num_settle_steps
-            states = np.asarray(torch.load(task.init_states_file, weights_only=False))
-            self.init_states = states.reshape(1, -1) if states.ndim == 1 else states
-            height, width = self.image_size
-            self._env = OffScreenRenderEnv(
-                bddl_file_name=task.env_bddl_name,
-                camera_heights=height,
-                camera_widths=width,
-                use_camera_obs=False,
-                hard_reset=False,
-                horizon=self.max_steps + num_settle_steps + 10,
+    def __init__(
+        self,
+        task: OfficialTask,
+        image_size: int | tuple[int, int] = OFFICIAL_IMAGE_SIZE,
+        cameras: tuple[str, ...] = ("image", "wrist_image"),
+        render_images: bool = True,
+        privileged: bool = False,
+        seed: int = OFFICIAL_SEED,
+        max_steps: int | None = None,
+        num_settle_steps: int = OFFICIAL_SETTLE_STEPS,
+        fast_render: bool = False,
+    ) -> None:
+        unknown = [c for c in cameras if c not in CAMERAS]
+        if unknown:
+            raise ValueError(f"Unknown camera key(s) {unknown}; expected among {list(CAMERAS)}")
+        missing = missing_files(task)
+        if missing:
+            raise LiberoConfigError(
+                f"LIBERO-Plus task {task.name} is not runnable offline: missing {', '.join(missing[:3])}"
+                + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+                + " (give the benchmark's own assets: assets=PATH)"
             )
-            inner = self._env.env
-            if inner.parsed_problem["problem_name"] != problem or Path(inner.bddl_file_name) != task.bddl_file:
-                self.close()
-                raise LiberoConfigError(
-                    f"LIBERO-Plus task {task.name}: the env loaded {inner.bddl_file_name} "
-                    f"({inner.parsed_problem['problem_name']}), not the task's own BDDL"
-                )
-            # The wheel adds the noise to the camera observations of its step(); images are rendered here instead
-            # (only when asked for), so the noise moves to render().
-            self._noise = int(self._env.noise)
-            self._env.noise = 0
-            self._env.seed(seed)
-            self._env.reset()
-            self._fast_render = fast_render
-            if fast_render:
-                self._apply_fast_render()
-            from .perturbations import ScenePerturber
+        problem = check_bddl(task)
+        import torch
+        from liberoplus.liberoplus.envs import OffScreenRenderEnv
 
-            self._perturber = ScenePerturber(self._env.env)
-            self._rng = np.random.default_rng(seed)
-            self.instruction = self._env.language_instruction
-            self.init_index = None
-            self.num_steps = 0
-            self._success = False
+        self.task = task
+        self.official_task = task
+        self.image_size = _as_hw(image_size)
+        self.cameras = tuple(cameras)
+        self.render_images = render_images
+        self.privileged = privileged
+        self.perturbation = Perturbation("none")
+        self.seed = seed
+        self.max_steps = max_steps if max_steps is not None else task.max_steps
+        self.num_settle_steps = num_settle_steps
+        states = np.asarray(torch.load(task.init_states_file, weights_only=False))
+        self.init_states = states.reshape(1, -1) if states.ndim == 1 else states
+        height, width = self.image_size
+        self._env = OffScreenRenderEnv(
+            bddl_file_name=task.env_bddl_name,
+            camera_heights=height,
+            camera_widths=width,
+            use_camera_obs=False,
+            hard_reset=False,
+            horizon=self.max_steps + num_settle_steps + 10,
+        )
+        inner = self._env.env
+        if inner.parsed_problem["problem_name"] != problem or Path(inner.bddl_file_name) != task.bddl_file:
+            self.close()
+            raise LiberoConfigError(
+                f"LIBERO-Plus task {task.name}: the env loaded {inner.bddl_file_name} "
+                f"({inner.parsed_problem['problem_name']}), not the task's own BDDL"
+            )
+        # The wheel adds the noise to the camera observations of its step(); images are rendered here instead
+        # (only when asked for), so the noise moves to render().
+        self._noise = int(self._env.noise)
+        self._env.noise = 0
+        self._env.seed(seed)
+        self._env.reset()
+        self._fast_render = fast_render
+        if fast_render:
+            self._apply_fast_render()
+        self._perturber = ScenePerturber(self._env.env)
+        self._rng = np.random.default_rng(seed)
+        self.instruction = self._env.language_instruction
+        self.init_index = None
+        self.num_steps = 0
+        self._success = False
 
-        def reset(self, init_index: int = OFFICIAL_INIT_INDEX, init_state: np.ndarray | None = None):
-            observation = super().reset(init_index, init_state)
-            # The wheel's noise functions draw from NumPy's global generator: seed it per episode so that a
-            # noise episode is the same whichever worker runs it and whatever ran before.
-            from .env import episode_seed
+    def reset(self, init_index: int = OFFICIAL_INIT_INDEX, init_state: np.ndarray | None = None):
+        observation = super().reset(init_index, init_state)
+        # The wheel's noise functions draw from NumPy's global generator: seed it per episode so that a
+        # noise episode is the same whichever worker runs it and whatever ran before.
+        np.random.seed(episode_seed(self.seed, self.task.suite, self.task.name, self.init_index) % 2**32)
+        self.instruction = self._env.language_instruction
+        observation["task"] = self.instruction
+        return observation
 
-            np.random.seed(episode_seed(self.seed, self.task.suite, self.task.name, self.init_index) % 2**32)
-            self.instruction = self._env.language_instruction
-            observation["task"] = self.instruction
-            return observation
-
-        def render(self, camera: str = "image") -> np.ndarray:
-            height, width = self.image_size
-            frame = self.sim.render(width=width, height=height, camera_name=CAMERAS[camera])
-            if self._noise and camera == "image":
-                frame = _apply_wheel_noise(frame, self._noise)
-            return np.ascontiguousarray(frame[::-1])
-
-    return LiberoPlusEnv
+    def render(self, camera: str = "image") -> np.ndarray:
+        height, width = self.image_size
+        frame = self.sim.render(width=width, height=height, camera_name=CAMERAS[camera])
+        if self._noise and camera == "image":
+            frame = _apply_wheel_noise(frame, self._noise)
+        return np.ascontiguousarray(frame[::-1])
 
 
 def _apply_wheel_noise(frame: np.ndarray, noise: int) -> np.ndarray:

@@ -101,7 +101,7 @@ def load_policy(spec: str | os.PathLike, trust_remote_code: bool = False) -> Lib
         return POLICY_REGISTRY["wam"].from_pretrained(path, trust_remote_code=trust_remote_code)
     if not config_file.is_file():
         raise FileNotFoundError(
-            f"--policy must be 'scripted', a policy folder with a config.json or a peft adapter folder with an "
+            f"policy must be 'scripted', a policy folder with a config.json or a peft adapter folder with an "
             f"adapter_config.json; {config_file} does not exist"
         )
     config = json.loads(config_file.read_text())
