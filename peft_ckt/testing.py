@@ -14,6 +14,18 @@ TINY_FRAMES, TINY_HEIGHT, TINY_WIDTH, TINY_CHANNELS = 2, 8, 8, 4
 TINY_TEXT_LENGTH = 6
 
 
+# CKT bank settings small enough for the tiny models above (one teacher block, 2 context tokens, 3 experts, top-1).
+TINY_CKT_KWARGS: dict[str, Any] = dict(
+    teacher_layer="blocks.1",
+    num_context_tokens=2,
+    num_experts=3,
+    top_k=1,
+    bottleneck_dim=8,
+    router_hidden_dim=8,
+    num_attention_heads=2,
+)
+
+
 def tiny_wan_teacher(num_layers: int = 4, seed: int = 0):
     """A 4-block `WanTransformer3DModel` (width 32, text width 32); blocks at `blocks.N`."""
     from diffusers import WanTransformer3DModel

@@ -11,6 +11,7 @@ from torch import nn
 import peft_ckt
 from peft_ckt import CKTConfig
 from peft_ckt.testing import (
+    TINY_CKT_KWARGS,
     TinyWorldActionModel,
     tiny_cosmos_inputs,
     tiny_cosmos_student,
@@ -20,15 +21,7 @@ from peft_ckt.testing import (
 
 torch.set_num_threads(1)
 
-SMALL = dict(
-    teacher_layer="blocks.1",
-    num_context_tokens=2,
-    num_experts=3,
-    top_k=1,
-    bottleneck_dim=8,
-    router_hidden_dim=8,
-    num_attention_heads=2,
-)
+SMALL = TINY_CKT_KWARGS
 
 
 def test_unknown_teacher_layer_suggests_close_names(teacher):

@@ -19,6 +19,17 @@ from experiments.libero_transfer.cache import (
 )
 from experiments.libero_transfer.settings import PERTURBATION_KINDS, DemoSettings, TransferSettings
 
+# The evaluation key of the default settings (QUICK differs in eval_max_steps only).
+DEFAULT_EVAL_KEY = {
+    "suite": "libero_object",
+    "severity": 3,
+    "seed": 0,
+    "image_size": 32,
+    "eval_init_offset": 40,
+    "eval_max_steps": 200,
+    "n_action_steps": 8,
+}
+
 # Computed with the code before the experiment left `peft_ckt.wam` (peft_ckt/wam/experiment.py at d0e5777): every
 # cached demonstration set, model, adapter and episode log keeps its folder. A change here invalidates every cache.
 KEYS = {
@@ -34,15 +45,7 @@ KEYS = {
             "heldout": "heldout-b8a8dbeef7",
             "student": "student-7d1dac572c",
         },
-        "eval": {
-            "suite": "libero_object",
-            "severity": 3,
-            "seed": 0,
-            "image_size": 32,
-            "eval_init_offset": 40,
-            "eval_max_steps": 200,
-            "n_action_steps": 8,
-        },
+        "eval": DEFAULT_EVAL_KEY,
     },
     "quick": {
         "collection": "1d6d74a835",
@@ -56,15 +59,7 @@ KEYS = {
             "heldout": "heldout-84fcdb88f4",
             "student": "student-33f5c7a5c3",
         },
-        "eval": {
-            "suite": "libero_object",
-            "severity": 3,
-            "seed": 0,
-            "image_size": 32,
-            "eval_init_offset": 40,
-            "eval_max_steps": 80,
-            "n_action_steps": 8,
-        },
+        "eval": {**DEFAULT_EVAL_KEY, "eval_max_steps": 80},
     },
 }
 

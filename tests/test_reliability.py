@@ -8,24 +8,16 @@ from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 
 from peft_ckt import CKTConfig
-from peft_ckt.testing import tiny_cosmos_inputs, tiny_cosmos_student, tiny_wan_inputs, tiny_wan_teacher
+from peft_ckt.testing import (
+    TINY_CKT_KWARGS,
+    tiny_cosmos_inputs,
+    tiny_cosmos_student,
+    tiny_wan_inputs,
+)
 
 torch.set_num_threads(1)
 
-SMALL = dict(
-    teacher_layer="blocks.1",
-    num_context_tokens=2,
-    num_experts=3,
-    top_k=1,
-    bottleneck_dim=8,
-    router_hidden_dim=8,
-    num_attention_heads=2,
-)
-
-
-@pytest.fixture(scope="module")
-def teacher():
-    return tiny_wan_teacher()
+SMALL = TINY_CKT_KWARGS
 
 
 @pytest.fixture()

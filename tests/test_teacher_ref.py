@@ -11,20 +11,18 @@ import torch
 from peft import PeftModel, get_peft_model
 
 from peft_ckt import CKTConfig, TeacherRef
-from peft_ckt.testing import tiny_cosmos_inputs, tiny_cosmos_student, tiny_wan_inputs, tiny_wan_teacher
+from peft_ckt.testing import (
+    TINY_CKT_KWARGS,
+    tiny_cosmos_inputs,
+    tiny_cosmos_student,
+    tiny_wan_inputs,
+    tiny_wan_teacher,
+)
 
 torch.set_num_threads(1)
 
 WAN_CLASS = "diffusers.models.transformers.transformer_wan.WanTransformer3DModel"
-SMALL = dict(
-    teacher_layer="blocks.1",
-    num_context_tokens=2,
-    num_experts=3,
-    top_k=1,
-    bottleneck_dim=8,
-    router_hidden_dim=8,
-    num_attention_heads=2,
-)
+SMALL = TINY_CKT_KWARGS
 # The LIBERO policy loader's opt-in (peft_ckt.libero.policy.POLICY_OPT_IN): its checks name the CLI switch.
 POLICY_OPT_IN = "`trust_remote_code=True` (`--trust-remote-code` on the command line)"
 

@@ -22,19 +22,11 @@ import peft_ckt  # noqa: F401  (registers CKT)
 from peft_ckt import CKTConfig
 from peft_ckt.libero.policies import LiberoPolicy, check_policy_spec, load_policy, register_policy
 from peft_ckt.teacher import load_teacher
-from peft_ckt.testing import tiny_cosmos_inputs, tiny_cosmos_student, tiny_wan_inputs
+from peft_ckt.testing import TINY_CKT_KWARGS, tiny_cosmos_inputs, tiny_cosmos_student, tiny_wan_inputs
 
 torch.set_num_threads(1)
 
-SMALL = dict(
-    teacher_layer="blocks.1",
-    num_context_tokens=2,
-    num_experts=3,
-    top_k=1,
-    bottleneck_dim=8,
-    router_hidden_dim=8,
-    num_attention_heads=2,
-)
+SMALL = TINY_CKT_KWARGS
 
 # A module outside the trusted packages that leaves a mark when it is imported.
 UNTRUSTED_TEACHER = """

@@ -6,8 +6,7 @@ imported and configured (headless, offline) on first use. See docs/libero.md.
 
 from __future__ import annotations
 
-import importlib
-
+from ..lazy import lazy_getattr
 from .runtime import LiberoUnavailableError, configure_libero, is_libero_available, libero_import_error
 
 # Public names -> defining submodule, imported on first access (they pull in MuJoCo / robosuite / torch).
@@ -40,9 +39,4 @@ _LAZY = {
 __all__ = ["LiberoUnavailableError", "configure_libero", "is_libero_available", "libero_import_error", *_LAZY]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

@@ -37,6 +37,13 @@ def episode_seed(seed: int, *parts: Any) -> int:
     return zlib.crc32(text.encode())
 
 
+def check_cameras(cameras: tuple[str, ...]) -> None:
+    """A clear error for a camera key the environments do not render."""
+    unknown = [c for c in cameras if c not in CAMERAS]
+    if unknown:
+        raise ValueError(f"Unknown camera key(s) {unknown}; expected among {list(CAMERAS)}")
+
+
 class LiberoEnv:
     """One LIBERO task with the standard evaluation protocol.
 
@@ -72,9 +79,7 @@ class LiberoEnv:
         num_settle_steps: int = NUM_SETTLE_STEPS,
         fast_render: bool = True,
     ) -> None:
-        unknown = [c for c in cameras if c not in CAMERAS]
-        if unknown:
-            raise ValueError(f"Unknown camera key(s) {unknown}; expected among {list(CAMERAS)}")
+        check_cameras(cameras)
         configure_libero()
         from libero.libero.envs import OffScreenRenderEnv
 

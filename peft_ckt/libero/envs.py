@@ -52,6 +52,17 @@ class EnvConfig:
     def build(self) -> Any:
         raise NotImplementedError
 
+    def env_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments every environment class of the package takes."""
+        return {
+            "image_size": self.image_size,
+            "cameras": tuple(self.cameras),
+            "render_images": self.render_images,
+            "privileged": self.privileged,
+            "seed": self.seed,
+            "max_steps": self.max_steps,
+        }
+
 
 @register_env_config("libero")
 @dataclass(frozen=True)
@@ -62,16 +73,7 @@ class LiberoEnvConfig(EnvConfig):
     def build(self) -> Any:
         from .env import LiberoEnv
 
-        return LiberoEnv(
-            self.suite,
-            self.task_id,
-            image_size=self.image_size,
-            cameras=tuple(self.cameras),
-            render_images=self.render_images,
-            privileged=self.privileged,
-            seed=self.seed,
-            max_steps=self.max_steps,
-        )
+        return LiberoEnv(self.suite, self.task_id, **self.env_kwargs())
 
 
 @register_env_config("libero_plus")
@@ -90,15 +92,7 @@ class LiberoPlusEnvConfig(EnvConfig):
         if not self.task:
             raise ValueError("LiberoPlusEnvConfig.task must name an official task")
         configure_liberoplus(self.assets)
-        return make_official_env(
-            get_official_task(self.suite, self.task),
-            image_size=self.image_size,
-            cameras=tuple(self.cameras),
-            render_images=self.render_images,
-            privileged=self.privileged,
-            seed=self.seed,
-            max_steps=self.max_steps,
-        )
+        return make_official_env(get_official_task(self.suite, self.task), **self.env_kwargs())
 
 
 def make_env(config: EnvConfig | str, **fields: Any) -> Any:

@@ -4,14 +4,16 @@ its video written."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..atomic import atomic_path
 from .workers import cached_policy
 
-__all__ = ["check_n_action_steps", "episode_policy", "play_episode", "policy_spec", "write_video"]
+__all__ = ["RenderPlan", "check_n_action_steps", "episode_policy", "play_episode", "policy_spec", "write_video"]
 
 
 def check_n_action_steps(n_action_steps: int | None) -> None:
@@ -33,9 +35,29 @@ def episode_policy(spec: str, trust_remote_code: bool = False, n_action_steps: i
     return cached_policy(f"{spec}|{n_action_steps}", lambda: _load_policy(spec, trust_remote_code, n_action_steps))
 
 
-def play_episode(
-    env, policy, init_index: int, lazy_render: bool, render_every_step: bool, record: bool
-) -> tuple[bool, list[np.ndarray]]:
+@dataclass(frozen=True)
+class RenderPlan:
+    """What an episode renders for its policy (read from the policy's class attributes, see `LiberoPolicy`)."""
+
+    cameras: tuple[str, ...]
+    privileged: bool
+    # A chunking policy looks at the cameras only when its action queue is empty: render just then.
+    lazy_render: bool
+    render_every_step: bool
+
+    @classmethod
+    def of(cls, policy: Any) -> RenderPlan:
+        needs_images = bool(getattr(policy, "needs_images", True))
+        lazy = needs_images and callable(getattr(policy, "needs_observation", None))
+        return cls(
+            cameras=tuple(getattr(policy, "image_keys", ("image", "wrist_image"))),
+            privileged=bool(getattr(policy, "needs_privileged", False)),
+            lazy_render=lazy,
+            render_every_step=needs_images and not lazy,
+        )
+
+
+def play_episode(env, policy, init_index: int, plan: RenderPlan, record: bool) -> tuple[bool, list[np.ndarray]]:
     """Reset `env` to `init_index` and run `policy` until success or the step limit; returns the success and, with
     `record`, the agent-view frames (the last one after the final step)."""
     policy.reset()
@@ -43,10 +65,10 @@ def play_episode(
     frames: list[np.ndarray] = []
     success = env.check_success()
     while not success and env.num_steps < env.max_steps:
-        if lazy_render and policy.needs_observation():
+        if plan.lazy_render and policy.needs_observation():
             observation = env.render_observation()
         if record:
-            kept = observation.get("observation.images.image") if render_every_step else env.render("image", True)
+            kept = observation.get("observation.images.image") if plan.render_every_step else env.render("image", True)
             frames.append(kept)
         observation, _, terminated, truncated, info = env.step(np.asarray(policy.select_action(observation)))
         success = bool(info["is_success"])

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_json, write_text
-from .episode import check_n_action_steps, episode_policy, play_episode, policy_spec, write_video
+from .episode import RenderPlan, check_n_action_steps, episode_policy, play_episode, policy_spec, write_video
 from .perturbations import Perturbation, expand_perturbations
 from .records import open_episode_log
 from .runner import run_episode_jobs
@@ -70,13 +70,8 @@ def run_episode(job: EpisodeJob) -> EpisodeResult:
     """One episode in this process (envs and policy cached between calls)."""
 
     policy = episode_policy(job.policy, job.trust_remote_code, job.n_action_steps)
-    needs_images = bool(getattr(policy, "needs_images", True))
-    privileged = bool(getattr(policy, "needs_privileged", False))
-    cameras = tuple(getattr(policy, "image_keys", ("image", "wrist_image")))
+    plan = RenderPlan.of(policy)
     image_size = getattr(policy, "image_size", None) or job.image_size
-    # A chunking policy looks at the cameras only when its action queue is empty: render just then.
-    lazy_render = needs_images and callable(getattr(policy, "needs_observation", None))
-    render_every_step = needs_images and not lazy_render
     env = episode_env(
         job.suite,
         job.task_id,
@@ -85,14 +80,12 @@ def run_episode(job: EpisodeJob) -> EpisodeResult:
         seed=job.seed,
         max_steps=job.max_steps,
         image_size=image_size,
-        cameras=cameras,
-        render_images=render_every_step,
-        privileged=privileged,
+        cameras=plan.cameras,
+        render_images=plan.render_every_step,
+        privileged=plan.privileged,
     )
     start = time.perf_counter()
-    success, frames = play_episode(
-        env, policy, job.init_index, lazy_render, render_every_step, job.video_dir is not None
-    )
+    success, frames = play_episode(env, policy, job.init_index, plan, job.video_dir is not None)
     video = None
     if job.video_dir is not None:
         name = f"{job.suite}_task{job.task_id:02d}_init{job.init_index:02d}_{job.perturbation}"

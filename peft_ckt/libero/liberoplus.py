@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_path
-from .env import CAMERAS, LiberoEnv, _as_hw, episode_seed
+from .env import CAMERAS, LiberoEnv, _as_hw, check_cameras, episode_seed
 from .perturbations import Perturbation, ScenePerturber
 from .runtime import LiberoConfigError, LiberoUnavailableError, configure_libero
 
@@ -487,29 +487,9 @@ def check_bddl(task: OfficialTask) -> str:
 
 
 # ----------------------------------------------------------------------------- the environment
-def make_env(
-    task: OfficialTask,
-    image_size: int = OFFICIAL_IMAGE_SIZE,
-    cameras: tuple[str, ...] = ("image", "wrist_image"),
-    render_images: bool = True,
-    privileged: bool = False,
-    seed: int = OFFICIAL_SEED,
-    max_steps: int | None = None,
-    num_settle_steps: int = OFFICIAL_SETTLE_STEPS,
-    fast_render: bool = False,
-):
-    """A `LiberoEnv`-compatible environment for one official task (see `LiberoPlusEnv`)."""
-    return LiberoPlusEnv(
-        task,
-        image_size=image_size,
-        cameras=cameras,
-        render_images=render_images,
-        privileged=privileged,
-        seed=seed,
-        max_steps=max_steps,
-        num_settle_steps=num_settle_steps,
-        fast_render=fast_render,
-    )
+def make_env(task: OfficialTask, **kwargs: Any) -> LiberoPlusEnv:
+    """A `LiberoEnv`-compatible environment for one official task; `kwargs` as `LiberoPlusEnv` takes them."""
+    return LiberoPlusEnv(task, **kwargs)
 
 
 class LiberoPlusEnv(LiberoEnv):
@@ -533,9 +513,7 @@ class LiberoPlusEnv(LiberoEnv):
         num_settle_steps: int = OFFICIAL_SETTLE_STEPS,
         fast_render: bool = False,
     ) -> None:
-        unknown = [c for c in cameras if c not in CAMERAS]
-        if unknown:
-            raise ValueError(f"Unknown camera key(s) {unknown}; expected among {list(CAMERAS)}")
+        check_cameras(cameras)
         missing = missing_files(task)
         if missing:
             raise LiberoConfigError(

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..atomic import write_json, write_text
 from .envs import LiberoPlusEnvConfig, make_env
-from .episode import check_n_action_steps, episode_policy, play_episode, policy_spec, write_video
+from .episode import RenderPlan, check_n_action_steps, episode_policy, play_episode, policy_spec, write_video
 from .liberoplus import (
     DIMENSIONS,
     OFFICIAL_IMAGE_SIZE,
@@ -80,28 +80,22 @@ def run_official_episode(job: OfficialEpisodeJob) -> OfficialEpisodeResult:
     """One episode of an official task in this process (env and policy cached between calls)."""
     configure_liberoplus(job.assets)
     policy = episode_policy(job.policy, n_action_steps=job.n_action_steps)
-    needs_images = bool(getattr(policy, "needs_images", True))
-    privileged = bool(getattr(policy, "needs_privileged", False))
-    cameras = tuple(getattr(policy, "image_keys", ("image", "wrist_image")))
-    lazy_render = needs_images and callable(getattr(policy, "needs_observation", None))
-    render_every_step = needs_images and not lazy_render
+    plan = RenderPlan.of(policy)
     config = LiberoPlusEnvConfig(
         suite=job.suite,
         task=job.task,
         assets=job.assets,
         image_size=job.image_size,
-        cameras=cameras,
-        render_images=render_every_step,
-        privileged=privileged,
+        cameras=plan.cameras,
+        render_images=plan.render_every_step,
+        privileged=plan.privileged,
         seed=job.seed,
         max_steps=job.max_steps,
     )
     env = cached_env(config.cache_key(), lambda: make_env(config))
     task = get_official_task(job.suite, job.task)
     start = time.perf_counter()
-    success, frames = play_episode(
-        env, policy, job.init_index, lazy_render, render_every_step, job.video_dir is not None
-    )
+    success, frames = play_episode(env, policy, job.init_index, plan, job.video_dir is not None)
     video = None
     if job.video_dir is not None:
         video = str(Path(job.video_dir) / f"{job.suite}_{task.index:04d}_{'success' if success else 'failure'}.mp4")

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import warnings
 
-from .workers.process import BACKENDS, _terminate_pool, check_backend, default_num_workers, run_jobs
+from . import workers
+from .workers import *  # noqa: F403  (the shim re-exports every public name of the new package)
+from .workers.process import _terminate_pool
 from .workers.state import (
     _ENV_CACHE,
     _POLICY_CACHE,
     _die_with_parent,
-    cached_env,
-    cached_policy,
-    close_cached,
-    episode_env,
     init_worker,
 )
 
@@ -25,19 +23,4 @@ warnings.warn(
 # The process-pool initializer's old name.
 _init_worker = init_worker
 
-__all__ = [
-    "BACKENDS",
-    "_ENV_CACHE",
-    "_POLICY_CACHE",
-    "_die_with_parent",
-    "_init_worker",
-    "_terminate_pool",
-    "cached_env",
-    "cached_policy",
-    "check_backend",
-    "close_cached",
-    "default_num_workers",
-    "episode_env",
-    "init_worker",
-    "run_jobs",
-]
+__all__ = ["_ENV_CACHE", "_POLICY_CACHE", "_die_with_parent", "_init_worker", "_terminate_pool", *workers.__all__]

@@ -10,8 +10,7 @@ Importing this package does not import torch: `TorchLiberoPolicy` and `StateMLPP
 
 from __future__ import annotations
 
-import importlib
-
+from ...lazy import lazy_getattr
 from .base import LiberoPolicy, observation_to_batch
 from .expert import ScriptedExpertPolicy
 from .factory import (
@@ -40,9 +39,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
