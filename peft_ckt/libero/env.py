@@ -105,14 +105,7 @@ class LiberoEnv:
             hard_reset=False,
             horizon=self.max_steps + num_settle_steps + 10,  # robosuite refuses steps past its own horizon
         )
-        self._env.seed(seed)
-        self._env.reset()
-        self._fast_render = fast_render
-        if fast_render:
-            self._apply_fast_render()
-        self._perturber = ScenePerturber(self._env.env)
-        self._rng = np.random.default_rng(seed)
-        self._record_rng = np.random.default_rng([seed, 1])
+        self._start(seed, fast_render)
         self.instruction = self.task.language
         self.init_index: int | None = None
         self.num_steps = 0
@@ -127,6 +120,18 @@ class LiberoEnv:
     def inner_env(self):
         """The underlying LIBERO / robosuite environment."""
         return self._env.env
+
+    def _start(self, seed: int, fast_render: bool) -> None:
+        """Seeds and resets the wrapped simulator, sets up rendering, the scene perturber and the noise streams
+        (the policy's and the recording's, kept apart so that a video never changes what the policy sees)."""
+        self._env.seed(seed)
+        self._env.reset()
+        self._fast_render = fast_render
+        if fast_render:
+            self._apply_fast_render()
+        self._perturber = ScenePerturber(self._env.env)
+        self._rng = np.random.default_rng(seed)
+        self._record_rng = np.random.default_rng([seed, 1])
 
     def _apply_fast_render(self) -> None:
         import mujoco

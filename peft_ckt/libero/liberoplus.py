@@ -27,7 +27,7 @@ import numpy as np
 
 from ..atomic import atomic_path
 from .env import CAMERAS, LiberoEnv, _as_hw, check_cameras, episode_seed
-from .perturbations import Perturbation, ScenePerturber
+from .perturbations import Perturbation
 from .runtime import LiberoConfigError, LiberoUnavailableError, configure_libero
 
 OFFICIAL_SUITES: tuple[str, ...] = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
@@ -557,13 +557,7 @@ class LiberoPlusEnv(LiberoEnv):
         # (only when asked for), so the noise moves to render().
         self._noise = int(self._env.noise)
         self._env.noise = 0
-        self._env.seed(seed)
-        self._env.reset()
-        self._fast_render = fast_render
-        if fast_render:
-            self._apply_fast_render()
-        self._perturber = ScenePerturber(self._env.env)
-        self._rng = np.random.default_rng(seed)
+        self._start(seed, fast_render)
         self.instruction = self._env.language_instruction
         self.init_index = None
         self.num_steps = 0
