@@ -157,3 +157,12 @@ def test_training_flags_select_an_ablation():
     assert not config.use_specialized_adapters and config.use_generalized_adapter
     assert bank.router is None and len(bank.specialized) == 0
     assert bank.generalized.cross_attention.dropout == 0.2
+
+
+def test_ablations_subcommand_prints_the_table(capsys):
+    from peft_ckt.commands import main
+
+    assert main(["ablations"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip() == format_ablation_table(CKTConfig(teacher_layer="blocks.20"), 5120, 2048)
+    assert "187,413,513" in out  # the paper's 187.4M trainable parameters for the full bank
