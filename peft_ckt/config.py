@@ -274,7 +274,7 @@ class CKTConfig(PeftConfig):
     # Not a dataclass field, so never read from nor written to `adapter_config.json`: only the user can set it.
     @property
     def trust_remote_code(self) -> bool:
-        """Whether a stored teacher reference may name a class outside diffusers, transformers and peft_ckt, and
+        """Whether a stored teacher reference may name a class outside diffusers, transformers, peft_ckt and lerobot, and
         be read from pickle weights (both can run arbitrary code). Default False; set by
         `PeftModel.from_pretrained(..., trust_remote_code=True)` or directly on the config."""
         return bool(getattr(self, "_trust_remote_code", False))

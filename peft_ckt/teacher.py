@@ -246,7 +246,8 @@ def infer_teacher_hidden_size(teacher: nn.Module, layer: nn.Module) -> Optional[
 
 # A class path from a file (an adapter's `teacher_class`, a policy's `policy_class`) is imported automatically only
 # from these packages; anything else could run whatever installed module a downloaded file names.
-TRUSTED_PACKAGES = ("diffusers", "transformers", "peft_ckt")
+# LeRobot policies are resolved like diffusers / transformers models (`from_pretrained` of a saved policy folder).
+TRUSTED_PACKAGES = ("diffusers", "transformers", "peft_ckt", "lerobot")
 # Weight files that are unpickled when read: loading one can run arbitrary code.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
@@ -311,7 +312,7 @@ def load_teacher(
 
     The class is `teacher_class` when given; otherwise it is read from the folder's `config.json` (diffusers'
     `_class_name`, transformers' `architectures`). Unless `trust_remote_code=True`, a `teacher_class` outside
-    diffusers, transformers and peft_ckt is refused before it is imported, and the weights are read from
+    diffusers, transformers, peft_ckt and lerobot is refused before it is imported, and the weights are read from
     safetensors only (a folder with only pickle weights is refused).
     """
     opt_in = "`trust_remote_code=True`"

@@ -2,7 +2,7 @@
 
 A teacher is given as an `nn.Module`, a local folder or a Hub id. `adapter_config.json` stores only the reference
 (`teacher`: name or path, `teacher_class`: "package.module.Class"), never the module. Loading a stored reference is
-trust-checked first: a class outside diffusers/transformers/peft_ckt is not imported and a folder with only pickle
+trust-checked first: a class outside diffusers/transformers/peft_ckt/lerobot is not imported and a folder with only pickle
 weights is not read, unless `trust_remote_code=True`.
 """
 
@@ -28,9 +28,14 @@ TEACHER_FOLDER = "The CKT teacher folder"
 
 def module_reference(module: nn.Module) -> tuple[Optional[str], str]:
     """Returns `(name_or_path, "package.module.Class")` of a model, the name being `None` when the model was not
-    loaded from a Hub id or a folder (e.g. built from a config)."""
+    loaded from a Hub id or a folder (e.g. built from a config). LeRobot policies have no `name_or_path`: theirs is
+    `config.pretrained_path`."""
     config = getattr(module, "config", None)
-    name = getattr(module, "name_or_path", None) or getattr(config, "_name_or_path", None)
+    name = (
+        getattr(module, "name_or_path", None)
+        or getattr(config, "_name_or_path", None)
+        or getattr(config, "pretrained_path", None)
+    )
     if name is None and isinstance(config, dict):  # diffusers' FrozenDict config
         name = config.get("_name_or_path")
     cls = type(module)
@@ -45,7 +50,7 @@ class TeacherRef:
             (loaded on [`load`]), another `TeacherRef` (copied), or `None` (no teacher yet).
         teacher_class: "package.module.Class" used to load a reference; read from the folder's `config.json` when
             `None`. Ignored for a module (its own class is recorded).
-        trust_remote_code: allow a class outside diffusers/transformers/peft_ckt and pickle weights (both can run
+        trust_remote_code: allow a class outside diffusers/transformers/peft_ckt/lerobot and pickle weights (both can run
             arbitrary code). Never stored in `adapter_config.json`.
 
     Copies (`copy.copy` / `copy.deepcopy`, e.g. of a config or a peft model) share the module (frozen, possibly
@@ -134,7 +139,7 @@ class TeacherRef:
         opt_in: str = ADAPTER_OPT_IN,
     ) -> None:
         """Refuses, before anything is imported or read, a teacher reference whose `teacher_class` lies outside
-        diffusers/transformers/peft_ckt, or whose local folder has only pickle weights. No-op with
+        diffusers/transformers/peft_ckt/lerobot, or whose local folder has only pickle weights. No-op with
         `trust_remote_code=True`. `what` names the reference in the error, `opt_in` the switch that allows it."""
         if trust_remote_code:
             return

@@ -131,3 +131,20 @@ def test_policy_loader_check_of_a_saved_adapter(teacher, tmp_path):
     with pytest.raises(ValueError, match=r"teacher reference .*'ckt_not_a_trusted_pkg.Teacher'.*--trust-remote-code"):
         ref.check(what=f"The teacher reference ({ref.name!r}) of {adapter_config}", opt_in=POLICY_OPT_IN)
     TeacherRef.from_adapter_folder(adapter_config, trust_remote_code=True).check(opt_in=POLICY_OPT_IN)
+
+
+def test_a_lerobot_policy_is_referenced_by_its_pretrained_path_and_its_class_is_trusted(tmp_path):
+    # LeRobot policies carry no name_or_path: their folder is `config.pretrained_path` (a PreTrainedConfig field).
+    class PolicyConfig:
+        pretrained_path = str(tmp_path / "act-teacher")
+
+    class Policy(torch.nn.Module):
+        config = PolicyConfig()
+
+    policy = Policy()
+    ref = TeacherRef(policy)
+    assert ref.name == str(tmp_path / "act-teacher")
+    # Trusted on the dotted path alone, like diffusers and transformers classes: nothing is imported to check it.
+    TeacherRef.check_folder(tmp_path, teacher_class="lerobot.policies.act.modeling_act.ACTPolicy")
+    with pytest.raises(ValueError, match="outside the trusted packages"):
+        TeacherRef.check_folder(tmp_path, teacher_class="lerobotish.policies.ACTPolicy")

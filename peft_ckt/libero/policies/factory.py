@@ -3,7 +3,7 @@
 Saved policies follow LeRobot's folder convention: `config.json` (with `policy_class`, the dotted path of the class,
 or `type`, a name registered with `register_policy`) and `model.safetensors`. `load_policy(PATH)` imports the class
 and calls its `from_pretrained(PATH)`; `load_policy("scripted")` gives the scripted expert. A folder is a file that
-may come from anywhere: a `policy_class` outside diffusers, transformers and peft_ckt (and not registered) is imported
+may come from anywhere: a `policy_class` outside diffusers, transformers, peft_ckt and lerobot (and not registered) is imported
 only with `trust_remote_code=True`.
 
 The built-in policy modules register themselves here on import; this module finds them by module name
@@ -60,7 +60,7 @@ def _registered_class(dotted: str) -> type | None:
 
 def check_policy_spec(spec: str | os.PathLike, trust_remote_code: bool = False) -> None:
     """Refuses, without importing anything, a policy folder whose config.json names a `policy_class` outside the
-    trusted packages (diffusers, transformers, peft_ckt) and not registered, or an adapter folder whose teacher
+    trusted packages (diffusers, transformers, peft_ckt, lerobot) and not registered, or an adapter folder whose teacher
     reference names such a class or has only pickle weights; allowed with `trust_remote_code=True`."""
     from ...teacher import check_trusted_class_path
     from ...teacher_ref import TeacherRef
@@ -85,7 +85,7 @@ def check_policy_spec(spec: str | os.PathLike, trust_remote_code: bool = False) 
 def load_policy(spec: str | os.PathLike, trust_remote_code: bool = False) -> LiberoPolicy:
     """`"scripted"` -> `ScriptedExpertPolicy()`; a folder -> the class named by its config.json, `from_pretrained`.
 
-    A `policy_class` is imported only from the trusted packages (diffusers, transformers, peft_ckt), or when that
+    A `policy_class` is imported only from the trusted packages (diffusers, transformers, peft_ckt, lerobot), or when that
     class is registered already (`@register_policy`); any other dotted path, or an adapter whose teacher reference
     names one or has only pickle weights, needs `trust_remote_code=True`.
     """
