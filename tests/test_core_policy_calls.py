@@ -9,17 +9,11 @@ from peft import get_peft_model
 from torch import nn
 
 from peft_ckt import CKTConfig
-from peft_ckt.testing import TinyWorldActionModel
+from peft_ckt.testing import TINY_CKT_KWARGS, TinyWorldActionModel
 
-SMALL = dict(
-    num_context_tokens=2,
-    num_experts=3,
-    top_k=2,
-    bottleneck_dim=8,
-    router_hidden_dim=8,
-    num_attention_heads=2,
-    adapter_dropout=0.0,
-    load_balance_weight=0.5,
+# The shared tiny bank, at top-2 without dropout; each test names its own teacher layer and injection point.
+SMALL = {k: v for k, v in TINY_CKT_KWARGS.items() if k != "teacher_layer"} | dict(
+    top_k=2, adapter_dropout=0.0, load_balance_weight=0.5
 )
 
 
