@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 # CPU torch first, then everything else under the same pin (see constraints.txt).
 EXTRAS ?= dev,libero,liberoplus,ray
 
-.PHONY: install test demo lint format clean test-lerobot
+.PHONY: install test demo experiment lint format clean test-lerobot
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test: install
 
 demo: install
 	$(PY) -m experiments.libero_transfer $(if $(QUICK),--quick) $(if $(ABLATIONS),--ablations)
+
+# The pre-registered experiment (docs/protocol.md): ~9-10 h on 2 CPU cores, cached and resumable; rerun to resume.
+EXPERIMENT_OUTPUT ?= outputs/experiment
+experiment: install
+	$(PY) -m experiments.libero_transfer.experiment --output $(EXPERIMENT_OUTPUT) $(if $(PHASES),--phases $(PHASES))
 
 # LeRobot 0.4.4 in its own venv (torch 2.10 + torchvision 0.25 from PyPI, transformers < 5, hub < 0.36, diffusers
 # < 0.36: scripts/lerobot-constraints.txt); ~4 min and 11 GB on a cold cache, seconds when $(LEROBOT_VENV) is current.

@@ -5,6 +5,10 @@
 - a WAM folder (`config.json` with `"type": "wam"` + `model.safetensors`), or
 - a peft adapter folder (`adapter_config.json` + `adapter_model.safetensors`): a CKT adapter or a LoRA adapter on the
   student WAM named by `base_model_name_or_path`. A CKT adapter's teacher is loaded from its stored reference.
+- a control folder (`config.json` with `"type": "wam"` and `"adapter"`: the path of a CKT adapter folder, relative to
+  the control folder): the same CKT adapter with an uninformative teacher context at inference, to measure how much
+  of what it does is the teacher's content: `"teacher_instructions"` maps an instruction to the one the teacher is
+  fed instead, `"zero_teacher_features": true` replaces the teacher's features by zeros before the bank.
 
 With CKT, the teacher and the adapter bank run once per predicted chunk (`encode_teacher`); the context is then
 reused for every denoising step of the student.
@@ -52,7 +56,14 @@ class WAMPolicy(LiberoPolicy):
     needs_images = True
     image_keys = ("image", "wrist_image")
 
-    def __init__(self, model: nn.Module, n_action_steps: int = 8, seed: int = 0) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        n_action_steps: int = 8,
+        seed: int = 0,
+        teacher_instructions: Optional[dict[str, str]] = None,
+        zero_teacher_features: bool = False,
+    ) -> None:
         super().__init__()
         torch.set_flush_denormal(True)  # subnormal floats run ~100x slower on CPUs (see training.train_wam)
         self.model = model.eval()
@@ -64,6 +75,10 @@ class WAMPolicy(LiberoPolicy):
         self.teacher: Optional[WorldActionModel] = None
         if self.is_ckt:
             self.teacher = model.base_model.peft_config[model.active_adapter].teacher_module
+        elif teacher_instructions or zero_teacher_features:
+            raise ValueError("teacher_instructions / zero_teacher_features change a CKT adapter's teacher context")
+        self.teacher_instructions = dict(teacher_instructions or {})
+        self.zero_teacher_features = zero_teacher_features
         self._generator = torch.Generator().manual_seed(seed)
 
     def reset(self) -> None:
@@ -75,10 +90,19 @@ class WAMPolicy(LiberoPolicy):
         batch = observation_to_wam_batch(observation, self.wam.device)
         ckt: dict[str, Any] = {}
         if self.is_ckt:
-            teacher = self._teacher()
-            ckt["ckt_context"] = self.model.encode_teacher(teacher.teacher_inputs(batch))
+            ckt["ckt_context"] = self._context(batch)
         chunk = sample(self.model, self.wam, batch, generator=self._generator, **ckt)["actions"][0]
         return chunk.cpu().numpy()
+
+    def _context(self, batch: dict[str, Any]):
+        teacher = self._teacher()
+        if self.teacher_instructions:
+            batch = {**batch, "task": [self.teacher_instructions.get(task, task) for task in batch["task"]]}
+        inputs = teacher.teacher_inputs(batch)
+        if not self.zero_teacher_features:
+            return self.model.encode_teacher(inputs)
+        features = self.model.extract_teacher_features(inputs)
+        return self.model.encode_features(torch.zeros_like(features))
 
     def _teacher(self) -> WorldActionModel:
         if self.teacher is None:
@@ -96,6 +120,9 @@ class WAMPolicy(LiberoPolicy):
         directory = Path(path)
         adapter_config = directory / "adapter_config.json"
         if not adapter_config.is_file():
+            control = _control_config(directory)
+            if control is not None:
+                return cls._from_control(directory, control, n_action_steps, seed, trust_remote_code)
             return cls(WorldActionModel.from_pretrained(directory), n_action_steps=n_action_steps, seed=seed)
         from peft import PeftModel
 
@@ -107,6 +134,58 @@ class WAMPolicy(LiberoPolicy):
         student = WorldActionModel.from_pretrained(base)
         model = PeftModel.from_pretrained(student, str(directory), trust_remote_code=trust_remote_code)
         return cls(model, n_action_steps=n_action_steps, seed=seed)
+
+    @classmethod
+    def _from_control(
+        cls, directory: Path, control: dict[str, Any], n_action_steps: int, seed: int, trust_remote_code: bool
+    ) -> WAMPolicy:
+        from ..libero.policies.factory import check_policy_spec
+
+        unknown = sorted(set(control) - {"type", "adapter", "teacher_instructions", "zero_teacher_features"})
+        if unknown:
+            raise ValueError(f"{directory / 'config.json'}: unknown control field(s) {unknown}")
+        adapter = (directory / str(control["adapter"])).resolve()
+        if not (adapter / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"{directory / 'config.json'}: 'adapter' {adapter} is not a peft adapter folder")
+        check_policy_spec(adapter, trust_remote_code)  # the adapter's teacher, by the same rules as everywhere
+        inner = cls.from_pretrained(adapter, n_action_steps, seed, trust_remote_code)
+        return cls(
+            inner.model,
+            n_action_steps=n_action_steps,
+            seed=seed,
+            teacher_instructions=control.get("teacher_instructions"),
+            zero_teacher_features=bool(control.get("zero_teacher_features", False)),
+        )
+
+
+def _control_config(directory: Path) -> Optional[dict[str, Any]]:
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        return None
+    config = json.loads(config_file.read_text())
+    return config if config.get("type") == "wam" and "adapter" in config else None
+
+
+def write_control_policy(
+    folder: str | os.PathLike,
+    adapter: str | os.PathLike,
+    teacher_instructions: Optional[dict[str, str]] = None,
+    zero_teacher_features: bool = False,
+) -> Path:
+    """Writes a control folder (see the module docstring) that plays the CKT `adapter` with an uninformative teacher
+    context; `eval-libero --policy FOLDER` and the experiment's rollouts load it like any policy."""
+    from ..atomic import write_json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {
+        "type": "wam",
+        "adapter": os.path.relpath(Path(adapter).resolve(), folder.resolve()),
+        "teacher_instructions": dict(teacher_instructions or {}),
+        "zero_teacher_features": bool(zero_teacher_features),
+    }
+    write_json(folder / "config.json", config)
+    return folder
 
 
 def _unwrap(model: nn.Module) -> WorldActionModel:

@@ -1,0 +1,180 @@
+"""The pre-registered analysis (docs/protocol.md, "Endpoints and analysis") of a question's rollouts.
+
+Rows are episodes with `policy_id` (`"student+ckt@p0a1"`: policy, pretraining seed p, adapter seed a; the teacher
+and the student have `@p0` only, the CNN reference `@c0`), `task_id`, `init_index`, `perturbation`, `success`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from peft_ckt.libero.metrics import (
+    match_episodes,
+    paired_comparison,
+    paired_minimum_detectable_difference,
+    success_cell,
+    transfer_efficiency,
+)
+
+KEY = ("training", "task_id", "init_index", "perturbation")
+
+
+def policy_id(policy: str, pretrain_seed: int | None = None, adapter_seed: int | None = None, cnn: int | None = None):
+    if cnn is not None:
+        return f"{policy}@c{cnn}"
+    return f"{policy}@p{pretrain_seed}" + ("" if adapter_seed is None else f"a{adapter_seed}")
+
+
+def split_id(pid: str) -> tuple[str, str]:
+    policy, _, training = pid.rpartition("@")
+    return policy, training
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts (with Wilson intervals) perturbed, clean, per kind and per task."""
+
+    def cell(subset):
+        return success_cell(sum(bool(r["success"]) for r in subset), len(subset))
+
+    perturbed = [r for r in rows if r["perturbation"] != "none"]
+    kinds = sorted({r["perturbation"] for r in rows})
+    tasks = sorted({r["task_id"] for r in rows})
+    return {
+        "all": cell(rows),
+        "perturbed": cell(perturbed),
+        "clean": cell([r for r in rows if r["perturbation"] == "none"]),
+        "by_perturbation": {k: cell([r for r in rows if r["perturbation"] == k]) for k in kinds},
+        "by_task": {str(t): cell([r for r in rows if r["task_id"] == t]) for t in tasks},
+    }
+
+
+def policy_rows(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every policy's summary pooled over its trainings, each training's, and the run-to-run spread (the range of
+    the trainings' perturbed and clean rates)."""
+    by_policy: dict[str, dict[str, list]] = {}
+    for row in rows:
+        policy, training = split_id(row["policy_id"])
+        by_policy.setdefault(policy, {}).setdefault(training, []).append(row)
+    out = {}
+    for policy, trainings in by_policy.items():
+        per = {training: summarize(r) for training, r in sorted(trainings.items())}
+        pooled = summarize([r for rs in trainings.values() for r in rs])
+        spread = {
+            split: [
+                min(s[split]["success_rate"] or 0 for s in per.values()),
+                max(s[split]["success_rate"] or 0 for s in per.values()),
+            ]
+            for split in ("perturbed", "clean")
+        }
+        out[policy] = {"pooled": pooled, "trainings": per, "num_trainings": len(per), "spread": spread}
+    return out
+
+
+def _rows_of(rows, policy: str, perturbed_only: bool, trainings: list[str] | None = None) -> list[dict[str, Any]]:
+    """A policy's rows with a `training` field; a pretrained model's rows (`@p0`) repeated for every adapter training
+    of that pretraining seed in `trainings`, so that an adapter pairs with its own student."""
+    out = []
+    for row in rows:
+        name, training = split_id(row["policy_id"])
+        if name != policy or (perturbed_only and row["perturbation"] == "none"):
+            continue
+        if trainings is not None and "a" not in training:
+            out += [{**row, "training": t} for t in trainings if t.startswith(training + "a")]
+        else:
+            out.append({**row, "training": training})
+    return out
+
+
+def paired(rows, first: str, second: str, perturbed_only: bool, resamples: int, seed: int) -> dict[str, Any]:
+    """`first` against `second` over their matched episodes (trainings of `first` that `second` also has)."""
+    first_rows = _rows_of(rows, first, perturbed_only)
+    trainings = sorted({r["training"] for r in first_rows})
+    second_rows = [r for r in _rows_of(rows, second, perturbed_only, trainings) if r["training"] in trainings]
+    first_rows = [r for r in first_rows if r["training"] in {s["training"] for s in second_rows}]
+    if not first_rows:
+        return {"first": first, "second": second, "episodes": 0}
+    pairs = match_episodes(first_rows, second_rows, KEY)
+    result = paired_comparison(pairs, cluster_levels=(0, (1, 2)), num_resamples=resamples, seed=seed)
+    result.update(first_policy=first, second_policy=second, trainings=sorted({p[0][0] for p in pairs}))
+    discordance = (result["first_only"] + result["second_only"]) / result["episodes"]
+    result["minimum_detectable_difference"] = (
+        round(paired_minimum_detectable_difference(result["episodes"], discordance), 4) if discordance > 0 else None
+    )
+    return result
+
+
+def holm(p_values: dict[str, float]) -> dict[str, float]:
+    """Holm-adjusted p-values (step-down, monotone)."""
+    order = sorted(p_values, key=p_values.get)
+    adjusted, running = {}, 0.0
+    for i, name in enumerate(order):
+        running = max(running, min(1.0, (len(order) - i) * p_values[name]))
+        adjusted[name] = running
+    return adjusted
+
+
+def decide(result: dict[str, Any], alpha: float) -> str:
+    if not result.get("episodes"):
+        return "not run"
+    low, high = result["bootstrap_ci95"]
+    if result["mcnemar_p"] < alpha and low > 0:
+        return "positive"
+    if result["mcnemar_p"] < alpha and high < 0:
+        return "negative"
+    return "null"
+
+
+def analyse(values: dict[str, Any], rows: list[dict[str, Any]], resamples: int | None = None) -> dict[str, Any]:
+    """Rows, the primary comparison with its decision, the manipulation check (Q1) and the secondary comparisons."""
+    primary_spec = values["primary"]
+    resamples = resamples or primary_spec["interval"]["resamples"]
+    seed = primary_spec["interval"]["seed"]
+    perturbed_only = values["question"] == "Q1"
+    table = policy_rows(rows)
+    primary = paired(rows, primary_spec["first"], primary_spec["second"], perturbed_only, resamples, seed)
+    primary["decision"] = decide(primary, primary_spec["alpha"])
+    primary["endpoint"] = primary_spec["endpoint"]
+
+    def rate(policy: str, split: str) -> float | None:
+        return table[policy]["pooled"][split]["success_rate"] if policy in table else None
+
+    split = "perturbed" if perturbed_only else "all"
+    teacher, student, ckt = rate("teacher", split), rate("student", split), rate("student+ckt", split)
+    if None not in (teacher, student, ckt):
+        primary["transfer_efficiency"] = transfer_efficiency(ckt, student, teacher)
+    out: dict[str, Any] = {"rows": table, "primary": primary}
+    check = values.get("manipulation_check")
+    if check:
+        lead = None if None in (teacher, student) else 100 * (teacher - student)
+        cnn_clean = rate("cnn", "clean")
+        adapted = {p: rate(p, "clean") for p in ("student+ckt", "student+lora")}
+        ratios = {p: (None if not cnn_clean or v is None else v / cnn_clean) for p, v in adapted.items()}
+        passed = (
+            lead is not None
+            and lead >= check["teacher_minus_student_points"]
+            and all(r is not None and r >= check["adapted_clean_vs_cnn_ratio"] for r in ratios.values())
+        )
+        out["manipulation_check"] = {
+            "teacher_minus_student_points": lead,
+            "adapted_clean_vs_cnn": ratios,
+            "passed": passed if cnn_clean is not None else None,
+        }
+        if out["manipulation_check"]["passed"] is False:
+            primary["decision"] = f"inconclusive (no headroom); the comparison alone: {primary['decision']}"
+    secondary = {}
+    for first, second in (("student+ckt", "student"), ("student+lora", "student")):
+        if first in table and second in table:
+            secondary[f"{first} vs {second}"] = paired(rows, first, second, perturbed_only, resamples, seed)
+    for control in table:
+        if control not in ("teacher", "student", "student+ckt", "student+lora", "cnn"):
+            secondary[f"{control} vs student+ckt"] = paired(
+                rows, control, "student+ckt", perturbed_only, resamples, seed
+            )
+    adjusted = holm({name: r["mcnemar_p"] for name, r in secondary.items() if r.get("episodes")})
+    for name, p in adjusted.items():
+        secondary[name]["holm_p"] = p
+    out["secondary"] = secondary
+    return out
+
+
+__all__ = ["analyse", "decide", "holm", "paired", "policy_id", "policy_rows", "split_id", "summarize"]

@@ -1,0 +1,361 @@
+"""The pre-registered experiment (docs/protocol.md): Q1 and Q2, their controls, the CNN reference, the report.
+
+    python -m experiments.libero_transfer.experiment               # `make experiment`: the whole protocol
+    python -m experiments.libero_transfer.experiment --phases primary          # the primary rows only
+    python -m experiments.libero_transfer.experiment --exploratory --tiny      # every stage at toy counts
+
+Phases run in order, each cached and resumable (a stopped run loses at most the episode or the training step in
+flight): `primary` (collection, pretraining at every pretraining seed, the equal tuning on validation, both
+adapters at every seed, their rollouts), `controls`, `cnn`. The report is rewritten after each phase, so a run
+spread over several sessions always has one; rows not run yet are absent from it and `phases_done` says which ran.
+
+A run whose settings are not the registered ones (`--tiny`, `--set`) must say `--exploratory`, and its report
+says `"exploratory": true` everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from peft_ckt.atomic import write_json, write_text
+
+from . import protocol_stages as stages
+from .analysis import analyse, policy_id
+from .plan import (
+    INFERENCE_CONTROLS,
+    TRAINED_CONTROLS,
+    demo_sets,
+    question_values,
+    trainings,
+    tuning_candidates,
+    wrong_instructions,
+)
+from .protocol import check_protocol
+
+logger = logging.getLogger(__name__)
+PHASES = ("primary", "controls", "cnn")
+
+# Toy counts that go through every stage in minutes (tests, `--tiny`): exploratory by construction.
+TINY: dict[str, Any] = {
+    "data": {
+        "teacher": {"tasks": [0, 1], "clean_per_task": 1, "perturbed_per_task_and_kind": 1, "kinds": ["camera"]},
+        "student": {"tasks": [0], "clean_per_task": 1, "vocabulary_tasks": [0]},
+        "target": {"tasks": [0], "clean_per_task": 1, "init_offset": 1},
+        "validation": {"tasks": [0], "inits": [30], "kinds": ["none", "camera"]},
+        "test": {"tasks": [0], "inits": [40], "kinds": ["none", "camera"]},
+    },
+    "models": {
+        "teacher": {"layers": 2, "steps": 20},
+        "student": {"layers": 2, "steps": 20},
+        "batch_size": 8,
+    },
+    "ckt": {"steps": 10},
+    "lora": {"steps": 10},
+    "tuning": {
+        "ckt": {"learning_rate": [1e-3], "teacher_layer": [0, 1]},
+        "lora": {"learning_rate": [1e-3], "rank_multiple": [1, 2]},
+    },
+    "seeds": {"pretrain": [0], "adapter": [0, 1], "controls_pretrain": [0]},
+    "reference": {"cnn": {"seeds": [0], "steps": 20}},
+    "rollouts": {"max_steps": 16},
+}
+
+
+class Experiment:
+    """One run of the protocol's questions into `output` (cache under `output/cache`)."""
+
+    def __init__(self, questions: dict[str, dict[str, Any]], output: Path, workers: int, progress: bool = True):
+        self.questions = questions
+        self.output = output
+        self.cache = output / "cache"
+        self.workers = workers
+        self.progress = progress
+        self.pool: dict = {}
+        self.models: dict[str, Any] = {}  # (role, question, pretrain seed) -> (folder, record)
+        self.adapters: dict[str, Any] = {}  # policy id per question -> (folder, record)
+        self.policies: dict[str, dict[str, str]] = {q: {} for q in questions}  # question -> {policy id: folder}
+        self.tuning: dict[str, Any] = {}
+        self.timing: dict[str, float] = {}
+
+    # ------------------------------------------------------------------------------------------- stages
+    def sets(self, question: str) -> dict[str, list[dict[str, Any]]]:
+        return {name: stages.demos(self.pool, s) for name, s in demo_sets(self.questions[question]).items()}
+
+    def instructions(self) -> dict[int, str]:
+        return {e["task_id"]: e["task"] for group in self.pool.values() for e in group}
+
+    def teacher(self, pretrain_seed: int):
+        from peft_ckt.wam.modeling import WorldActionModel
+
+        folder = self.models[("teacher", pretrain_seed)][0]
+        teacher = WorldActionModel.from_pretrained(folder)
+        teacher.requires_grad_(False)
+        return teacher
+
+    def pretrain_all(self, seeds: list[int]) -> None:
+        from peft_ckt.wam.tokenizer import build_vocabulary
+
+        instructions = self.instructions()
+        for p in seeds:
+            for question, values in self.questions.items():
+                sets = self.sets(question)
+                teacher_demos = sets["teacher_clean"] + sets["teacher_perturbed"]
+                vocab = build_vocabulary(sorted({e["task"] for e in teacher_demos}))
+                self.models[("teacher", p)] = stages.pretrain(values, self.cache, "teacher", p, teacher_demos, vocab)
+                words = values["data"]["student"]["vocabulary_tasks"]
+                vocab = build_vocabulary(instructions[t] for t in words if t in instructions)
+                self.models[("student", question, p)] = stages.pretrain(
+                    values, self.cache, "student", p, sets["student"], vocab
+                )
+                self.policies[question][policy_id("teacher", p)] = str(self.models[("teacher", p)][0])
+                self.policies[question][policy_id("student", p)] = str(self.models[("student", question, p)][0])
+
+    def tune(self, question: str) -> None:
+        values = self.questions[question]
+        at = values["tuning"]["at"]["pretrain_seed"]
+        teacher, student = self.teacher(at), self.models[("student", question, at)][0]
+        sets = self.sets(question)
+        budget = stages.ckt_budget(values, teacher, student)
+        for method in ("ckt", "lora"):
+            chosen, scores = stages.tune(
+                values, self.cache, method, tuning_candidates(values, method), teacher, student, sets["target"],
+                sets["validation"], budget,
+            )  # fmt: skip
+            self.tuning[(question, method)] = {"chosen": chosen, "scores": scores, "budget": budget}
+
+    def train(self, question: str, kind: str, method: str, seeds: tuple[int, int]) -> tuple[Path, dict]:
+        """An adapter of `kind` with `method`'s tuned setting ("ckt" or "lora") at `(pretrain, adapter)` seeds."""
+        values = self.questions[question]
+        tuned = self.tuning[(question, method)]
+        hyper = dict(tuned["chosen"])
+        if kind == "kv_only":
+            hyper = {"learning_rate": hyper["learning_rate"]}
+        teacher = self.teacher(seeds[0]) if method == "ckt" else None
+        student = self.models[("student", question, seeds[0])][0]
+        return stages.train_adapter(
+            values, self.cache, kind, hyper, teacher, student, self.sets(question)["target"], seeds, tuned["budget"]
+        )
+
+    def rollouts(self, question: str) -> list[dict[str, Any]]:
+        return stages.rollouts(
+            self.questions[question], self.policies[question], self.output / "rollouts", self.workers, self.progress
+        )
+
+    # ------------------------------------------------------------------------------------------- phases
+    def primary(self) -> None:
+        first = next(iter(self.questions.values()))
+        seeds = sorted(
+            {p for v in self.questions.values() for p in v["seeds"]["pretrain"]}
+            | {first["tuning"]["at"]["pretrain_seed"]}
+        )
+        self.pretrain_all(seeds)
+        for question, values in self.questions.items():
+            self.tune(question)
+            for p, a in trainings(values):
+                for policy, method in (("student+ckt", "ckt"), ("student+lora", "lora")):
+                    folder, record = self.train(question, method, method, (p, a))
+                    self.adapters[(question, policy_id(policy, p, a))] = (folder, record)
+                    self.policies[question][policy_id(policy, p, a)] = str(folder)
+
+    def controls(self) -> None:
+        from peft_ckt.wam.policy import write_control_policy
+
+        instructions = self.instructions()
+        for question, values in self.questions.items():
+            for p, a in trainings(values, controls=True):
+                for control in values["controls"]:
+                    if control in INFERENCE_CONTROLS:
+                        folder, _ = self.train(question, "ckt", "ckt", (p, a))
+                        tasks = values["data"]["test"]["tasks"]
+                        mapping = wrong_instructions(instructions, tasks) if control == "ckt_wrong_instruction" else {}
+                        target = self.cache / "controls" / f"{control}-{folder.name}"
+                        write_control_policy(target, folder, mapping, control == "ckt_zero_features")
+                        self.policies[question][policy_id(control, p, a)] = str(target)
+                        continue
+                    if control not in TRAINED_CONTROLS:
+                        raise ValueError(f"{question}: unknown control {control!r}")
+                    method = "lora" if control == "lora_kv" else "ckt"
+                    folder, record = self.train(question, control, method, (p, a))
+                    self.adapters[(question, policy_id(control, p, a))] = (folder, record)
+                    self.policies[question][policy_id(control, p, a)] = str(folder)
+
+    def cnn(self) -> None:
+        """The plain CNN reference on every clean training demonstration of the evaluated tasks (the Q1 student's and
+        the target set), one per seed; shared by both questions."""
+        from peft_ckt.libero.policies.cnn import train_cnn_policy
+
+        values = next(iter(self.questions.values()))
+        tasks = set(values["evaluated_tasks"])
+        episodes = [e for e in self.pool[("train", 0)] if e["task_id"] in tasks]
+        spec = values["reference"]["cnn"]
+        for seed in spec["seeds"]:
+            key = stages.digest(spec, stages.episodes_digest(episodes), seed, values["image_size"])
+            folder = self.cache / "cnn" / f"c{seed}-{key}"
+            if not (folder / "model.safetensors").is_file():
+                policy, losses = train_cnn_policy(
+                    episodes, steps=spec["steps"], learning_rate=spec["learning_rate"], seed=seed,
+                    image_size=values["image_size"],
+                )  # fmt: skip
+                partial = folder.with_name(folder.name + ".partial")
+                policy.save_pretrained(partial)
+                write_json(partial / "training.json", {"losses": losses})
+                from peft_ckt.atomic import commit_directory
+
+                commit_directory(partial, folder)
+            for question in self.questions:
+                self.policies[question][policy_id("cnn", cnn=seed)] = str(folder)
+
+    # ------------------------------------------------------------------------------------------- report
+    def report(self, statuses: dict[str, Any], phases_done: list[str], resamples: int | None = None) -> dict:
+        report: dict[str, Any] = {
+            "settings": {q: v for q, v in self.questions.items()},
+            "protocol": statuses,
+            "exploratory": any(s["exploratory"] for s in statuses.values()),
+            "phases_done": phases_done,
+            "questions": {},
+            "timing": {k: round(v, 1) for k, v in self.timing.items()},
+        }
+        for question, values in self.questions.items():
+            rows = self.rollouts(question)
+            result = analyse(values, rows, resamples)
+            result["tuning"] = {
+                method: self.tuning.get((question, method))
+                for method in ("ckt", "lora")
+                if (question, method) in self.tuning
+            }
+            result["trainable_params"] = {
+                pid: record["trainable_params"] for (q, pid), (_, record) in self.adapters.items() if q == question
+            }
+            result["policies"] = self.policies[question]
+            result["exploratory"] = statuses[question]["exploratory"]
+            report["questions"][question] = result
+        write_json(self.output / "report.json", report)
+        write_text(self.output / "report.md", markdown(report))
+        return report
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = ["# Pre-registered LIBERO transfer experiment", ""]
+    if report["exploratory"]:
+        lines += ["**Exploratory run**: its settings are not the registered ones (docs/protocol.md).", ""]
+    lines += [f"Phases run: {', '.join(report['phases_done']) or 'none'}.", ""]
+    for question, result in report["questions"].items():
+        primary = result["primary"]
+        lines += [f"## {question}" + (" (exploratory)" if result["exploratory"] else ""), ""]
+        lines += ["| policy | trainings | perturbed | clean | spread perturbed |", "|---|---|---|---|---|"]
+        for policy, row in result["rows"].items():
+            pooled = row["pooled"]
+            lines.append(
+                f"| {policy} | {row['num_trainings']} | {pooled['perturbed']['successes']}/{pooled['perturbed']['episodes']} "
+                f"| {pooled['clean']['successes']}/{pooled['clean']['episodes']} "
+                f"| {row['spread']['perturbed'][0]:.2f}-{row['spread']['perturbed'][1]:.2f} |"
+            )
+        lines += [""]
+        if primary.get("episodes"):
+            lines += [
+                f"**Primary** ({primary['endpoint']}): {primary['first_policy']} {primary['first']} vs "
+                f"{primary['second_policy']} {primary['second']} of {primary['episodes']} matched episodes; "
+                f"difference {100 * primary['difference']:+.1f} points, 95% bootstrap interval "
+                f"[{100 * primary['bootstrap_ci95'][0]:+.1f}, {100 * primary['bootstrap_ci95'][1]:+.1f}], exact McNemar "
+                f"p = {primary['mcnemar_p']:.3g}; decision: **{primary['decision']}**.",
+                "",
+            ]
+        if "manipulation_check" in result:
+            lines += [f"Manipulation check: `{json.dumps(result['manipulation_check'])}`", ""]
+        for name, comparison in result.get("secondary", {}).items():
+            if comparison.get("episodes"):
+                lines.append(
+                    f"- {name}: {100 * comparison['difference']:+.1f} points over {comparison['episodes']} pairs, "
+                    f"Holm p = {comparison.get('holm_p', comparison['mcnemar_p']):.3g} (secondary)"
+                )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run_experiment(
+    questions: list[str] = ("Q1", "Q2"),
+    output: str | os.PathLike = "outputs/experiment",
+    phases: list[str] = PHASES,
+    exploratory: bool = False,
+    overrides: dict[str, Any] | None = None,
+    workers: int = 2,
+    progress: bool = True,
+    resamples: int | None = None,
+) -> dict[str, Any]:
+    """Runs (or resumes) the protocol's `phases` for `questions`; returns the report (also written to `output`)."""
+    import peft_ckt  # noqa: F401
+
+    values = {q: question_values(q, overrides) for q in questions}
+    statuses = {q: check_protocol(q, v, confirmatory=not exploratory).to_dict() for q, v in values.items()}
+    unknown = [p for p in phases if p not in PHASES]
+    if unknown:
+        raise ValueError(f"unknown phase(s) {unknown}; expected some of {PHASES}")
+    torch.set_num_threads(int(os.environ.get("PEFT_CKT_NUM_THREADS", min(2, os.cpu_count() or 1))))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    run = Experiment(values, out, workers, progress)
+    started = time.perf_counter()
+    run.pool = stages.collect(values, run.cache, workers, progress)
+    run.timing["collect"] = time.perf_counter() - started
+    done: list[str] = []
+    report: dict[str, Any] = {}
+    # `primary` always runs (cached after the first time): the later phases need its models and tuned settings.
+    for phase in [p for p in PHASES if p == "primary" or p in phases]:
+        t = time.perf_counter()
+        getattr(run, phase)()
+        done.append(phase)
+        report = run.report(statuses, done, resamples)  # the rollouts of every row planned so far, then the report
+        run.timing[phase] = time.perf_counter() - t
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.libero_transfer.experiment", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--questions", default="Q1,Q2", help="Comma-separated questions to run (Q1, Q2).")
+    parser.add_argument("--phases", default=",".join(PHASES), help=f"Comma-separated phases of {PHASES}.")
+    parser.add_argument("--output", default="outputs/experiment", help="Report folder (cache under OUTPUT/cache).")
+    parser.add_argument("--workers", type=int, default=2, help="Simulation worker processes.")
+    parser.add_argument("--exploratory", action="store_true", help="Allow settings other than the registered ones.")
+    parser.add_argument("--tiny", action="store_true", help="Toy counts through every stage (needs --exploratory).")
+    parser.add_argument("--set", default=None, help="JSON merged into the registered values (needs --exploratory).")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    overrides: dict[str, Any] = {}
+    if args.tiny:
+        overrides = json.loads(json.dumps(TINY))
+    if args.set:
+        try:
+            from .plan import _merge
+
+            _merge(overrides, json.loads(args.set))
+        except json.JSONDecodeError as error:
+            parser.error(f"--set is not JSON: {error}")
+    if overrides and not args.exploratory:
+        parser.error("--tiny and --set change the registered settings: add --exploratory")
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1; got {args.workers}")
+    try:
+        report = run_experiment(
+            [q.strip() for q in args.questions.split(",") if q.strip()], args.output,
+            [p.strip() for p in args.phases.split(",") if p.strip()], args.exploratory, overrides, args.workers,
+        )  # fmt: skip
+    except ValueError as error:
+        parser.exit(2, f"error: {error}\n")
+    for question, result in report.get("questions", {}).items():
+        print(f"{question}: primary decision {result['primary'].get('decision')}")
+    print(f"report: {Path(args.output) / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
