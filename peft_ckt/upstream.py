@@ -12,7 +12,7 @@ hidden width):
 | `{branch}.up_proj.{weight,bias}` | `[d_s, d_b]`, `[d_s]` | `{branch}.up.*` |
 | `{branch}.layer_norm.{weight,bias}` | `[d_s]` | `{branch}.norm.*` |
 | `{branch}.query_tokens` | `[1, K, d_s]` | `{branch}.cross_attention.queries` `[K, d_s]` |
-| `{branch}.cross_attn.in_proj_{weight,bias}` | `[3 d_s, d_s]`, `[3 d_s]` | `cross_attention.to_{q,k,v}.*` (split in 3) |
+| `{branch}.cross_attn.in_proj_{weight,bias}` | `[3 d_s, d_s]`, `[3 d_s]` | `cross_attention.to_{q,k,v}.*` (split in 3; no key bias) |
 | `{branch}.cross_attn.out_proj.{weight,bias}` | `[d_s, d_s]`, `[d_s]` | `{branch}.cross_attention.to_out.*` |
 | `{branch}.post_attn_norm.{weight,bias}` | `[d_s]` | `{branch}.cross_attention.norm.*` |
 | `router.gate.{0,2}.{weight,bias}` | `[h, d_t]`, `[M, h]` | `router.mlp.{0,2}.*` |
@@ -21,6 +21,8 @@ hidden width):
 
 with `{branch}` = `generalized_adapter` (ours: `generalized`) or `specialized_adapters.{m}` (ours: `specialized.{m}`).
 Both compute the same context: their `[C_g ; C_s]` after `<SEP>` in `[E_t ; <SEP> ; C_A]` is our "append" injection.
+Their key bias (the middle third of `in_proj_bias`) is dropped: it adds the same value to every logit of a query,
+which the softmax cancels, and our key projection has no bias.
 """
 
 from __future__ import annotations
@@ -138,6 +140,8 @@ def _convert_state_dict(theirs: dict[str, torch.Tensor]) -> dict[str, torch.Tens
             elif name in ("cross_attn.in_proj_weight", "cross_attn.in_proj_bias"):
                 kind = name.rsplit("_", 1)[-1]  # weight | bias
                 for projection, part in zip(("to_q", "to_k", "to_v"), tensor.chunk(3, dim=0)):
+                    if (projection, kind) == ("to_k", "bias"):
+                        continue  # cancels in the softmax: our key projection has none (see the module docstring)
                     ours[f"{branch}.cross_attention.{projection}.{kind}"] = part.contiguous()
             else:
                 ours[f"{branch}.{_rename_branch_parameter(name)}"] = tensor
