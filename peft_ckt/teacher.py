@@ -408,6 +408,12 @@ def _reads_safetensors_by_switch(cls: type) -> bool:
     )
 
 
+def is_hf_class(cls: type) -> bool:
+    """Whether `cls.from_pretrained` is diffusers' or transformers' (a model, an Auto class, a subclass of one): it
+    takes `trust_remote_code`, and decides by it whether a folder's own code (`auto_map` in its config) runs."""
+    return _reads_safetensors_by_switch(cls) or cls.__module__.split(".", 1)[0] in ("diffusers", "transformers")
+
+
 def load_teacher(
     reference: str, teacher_class: Optional[str] = None, trust_remote_code: bool = False, **kwargs: Any
 ) -> nn.Module:
@@ -446,6 +452,10 @@ def load_teacher(
         raise TypeError(f"The teacher class {cls!r} is not an nn.Module; pass the teacher module instead.")
     if not hasattr(cls, "from_pretrained"):
         raise TypeError(f"The teacher class {cls.__name__} has no `from_pretrained`; pass the teacher module instead.")
-    if not trust_remote_code and _reads_safetensors_by_switch(cls):
-        kwargs.setdefault("use_safetensors", True)
+    if is_hf_class(cls):
+        # Said explicitly: left unset, transformers asks on stdin whether to run a folder's `auto_map` code, and a
+        # "y" there (or in a piped stdin) would run it without the user's `trust_remote_code=True`.
+        kwargs.setdefault("trust_remote_code", trust_remote_code)
+        if not trust_remote_code:
+            kwargs.setdefault("use_safetensors", True)
     return cls.from_pretrained(reference, **kwargs)

@@ -285,6 +285,91 @@ def test_policy_adapter_with_untrusted_teacher_reference(teacher, tmp_path, monk
     assert not marker.exists()
 
 
+# A folder's own code behind `auto_map`: transformers imports it for `transformers.AutoModel`.
+AUTO_MAP_MODELING = """
+import pathlib
+pathlib.Path({marker!r}).write_text("ran")
+import numpy as np
+import torch
+from transformers import PretrainedConfig, PreTrainedModel
+
+
+class FolderConfig(PretrainedConfig):
+    model_type = "ckt_folder_code"
+
+
+class FolderPolicy(PreTrainedModel):
+    config_class = FolderConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.linear = torch.nn.Linear(2, 2)
+        self.post_init()
+
+    def reset(self):
+        pass
+
+    def select_action(self, observation):
+        return np.zeros(7, dtype=np.float32)
+"""
+
+AUTO_MAP_LOAD = textwrap.dedent(
+    """
+    import pathlib, sys
+    from peft_ckt.libero.policies import load_policy
+
+    folder, marker = sys.argv[1], pathlib.Path(sys.argv[2])
+    try:
+        load_policy(folder)
+        print("LOADED")
+    except Exception as err:
+        print("REFUSED", type(err).__name__, str(err).replace("\\n", " "))
+    print("RAN" if marker.exists() else "NOT RAN")
+    print("TRUSTED", type(load_policy(folder, trust_remote_code=True)).__name__)
+    """
+)
+
+
+def test_policy_folder_with_auto_map_code_is_refused_without_a_prompt(tmp_path):
+    from safetensors.torch import save_file
+
+    folder, marker = tmp_path / "policy", tmp_path / "folder_code_ran"
+    folder.mkdir()
+    (folder / "modeling_folder.py").write_text(AUTO_MAP_MODELING.format(marker=str(marker)))
+    auto_map = {"AutoConfig": "modeling_folder.FolderConfig", "AutoModel": "modeling_folder.FolderPolicy"}
+    config = {"policy_class": "transformers.AutoModel", "model_type": "ckt_folder_code", "auto_map": auto_map}
+    (folder / "config.json").write_text(json.dumps(config))
+    save_file({"linear.weight": torch.zeros(2, 2), "linear.bias": torch.zeros(2)}, folder / "model.safetensors")
+
+    # Refused by the package's own check, before anything is imported, in one line on the command line.
+    with pytest.raises(ValueError, match=r"has an `auto_map` into the folder's own code .*--trust-remote-code"):
+        check_policy_spec(folder)
+    from peft_ckt.commands import main
+
+    with pytest.raises(SystemExit, match=r"eval-libero: error: .*`auto_map`.*--trust-remote-code"):
+        main(["eval-libero", "--suite", "libero_object", "--policy", str(folder), "--output", str(tmp_path / "out")])
+
+    # A user who answers "y" on stdin has not opted in: nothing asks, nothing runs.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(peft_ckt.__file__).parents[1]), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, "-c", AUTO_MAP_LOAD, str(folder), str(marker)],
+        input="y\n",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert "Do you wish to run the custom code" not in output
+    assert "REFUSED ValueError" in proc.stdout and "`auto_map`" in proc.stdout, output[-3000:]
+    assert "NOT RAN" in proc.stdout
+    # Opted in: the folder's code runs (transformers is told `trust_remote_code=True`: no prompt either).
+    assert "TRUSTED FolderPolicy" in proc.stdout and marker.exists(), output[-3000:]
+
+
 # --------------------------------------------------------------------------------------------- Hub
 CORRUPT_PULL = textwrap.dedent(
     """
