@@ -10,6 +10,7 @@ from .layer import CKTAdapterBank, CKTContext, CKTLayer
 from .loading import install_load_checks
 from .model import CKTModel
 from .registration import register_ckt
+from .teacher import trust_teacher_classes, trusted_teacher_classes, untrust_teacher_classes
 from .teacher_ref import TeacherRef
 
 __version__ = "0.1.0"
@@ -29,4 +30,7 @@ __all__ = [
     "__version__",
     "TeacherRef",
     "register_ckt",
+    "trust_teacher_classes",
+    "trusted_teacher_classes",
+    "untrust_teacher_classes",
 ]

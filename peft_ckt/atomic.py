@@ -86,14 +86,26 @@ def save_safetensors(tensors: dict[str, Any], path: str | os.PathLike, metadata:
 
 def commit_directory(staging: str | os.PathLike, final: str | os.PathLike) -> None:
     """Puts the finished folder `staging` in place of `final` (replacing an older `final`): the rename is what marks
-    the folder complete, so a job killed before it leaves only `staging` behind."""
+    the folder complete, so a job killed before it leaves only `staging` behind. An older `final` is renamed aside
+    (`final.old-PID`) and removed only once `staging` is in its place; if that rename fails, it is put back."""
     staging, final = os.fspath(staging), os.fspath(final)
     for root, _, files in os.walk(staging):
         for name in files:
             _fsync_file(os.path.join(root, name))
-    if os.path.isdir(final):
-        shutil.rmtree(final)
-    os.replace(staging, final)
+    aside = None
+    if os.path.isdir(final) and not os.path.islink(final):
+        aside = f"{final}.old-{os.getpid()}"
+        if os.path.isdir(aside):  # left by a run of the same pid killed between the renames
+            shutil.rmtree(aside)
+        os.replace(final, aside)
+    try:
+        os.replace(staging, final)
+    except BaseException:
+        if aside is not None:
+            os.replace(aside, final)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
     _fsync_directory(os.path.dirname(os.path.abspath(final)))
 
 

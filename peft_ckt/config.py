@@ -274,9 +274,10 @@ class CKTConfig(PeftConfig):
     # Not a dataclass field, so never read from nor written to `adapter_config.json`: only the user can set it.
     @property
     def trust_remote_code(self) -> bool:
-        """Whether a stored teacher reference may name a class outside diffusers, transformers, peft_ckt and lerobot, and
-        be read from pickle weights (both can run arbitrary code). Default False; set by
-        `PeftModel.from_pretrained(..., trust_remote_code=True)` or directly on the config."""
+        """Whether a stored teacher reference may name a class outside diffusers, transformers, peft_ckt, lerobot and
+        the allow-list (`peft_ckt.trust_teacher_classes`), and be read from pickle weights (both can run arbitrary
+        code). Default False; set by `PeftModel.from_pretrained(..., trust_remote_code=True)` or directly on the
+        config."""
         return bool(getattr(self, "_trust_remote_code", False))
 
     @trust_remote_code.setter

@@ -58,14 +58,18 @@ class LearnableQueryCrossAttention(nn.Module):
     - *projected*: keys and values `[B, N, d]` are projected, then `scaled_dot_product_attention` (cost per token
       `~2 d^2`);
     - *absorbed*: the queries do not depend on the sample, so the key projection is folded into them once per call
-      (`q_h . (W_k,h x + b_k,h) = (W_k,h^T q_h) . x + c`, the constant `c` cancels in the softmax) and the value
-      projection is applied after pooling (`softmax @ (W_v,h x + b_v,h) = W_v,h (softmax @ x) + b_v,h`, rows of the
-      softmax sum to 1). Keys and values are never formed: cost per token `~2 h K d` instead of `~2 d^2`. At the
-      paper's sizes (d=2048, 8 heads, K=32) that is 8x fewer FLOPs and no `[B, N, d]` key/value activations.
+      (`q_h . W_k,h x = (W_k,h^T q_h) . x`) and the value projection is applied after pooling
+      (`softmax @ (W_v,h x + b_v,h) = W_v,h (softmax @ x) + b_v,h`, rows of the softmax sum to 1). Keys and values
+      are never formed: cost per token `~2 h K d` instead of `~2 d^2`. At the paper's sizes (d=2048, 8 heads, K=32) that is 8x fewer FLOPs and no `[B, N, d]` key/value activations.
 
     In training, `dropout` zeroes attention weights (as `nn.MultiheadAttention(dropout=...)` does): one mask
     `[B, h, K, N]` is drawn per call and both forms apply it, so they stay equal. The dropped rows no longer sum
     to 1, so the absorbed form then adds the value bias scaled by each row's sum instead of once.
+
+    The key projection has no bias: a key bias `b_k` adds `q_h . b_k,h` to every logit of a query, the same for all
+    tokens, which the softmax cancels (its gradient is 0 up to rounding, ~1e-11). Adapters saved while it existed
+    load with the same outputs: the ignored tensor is dropped on load (and by the conversion of the authors'
+    checkpoints, `peft_ckt.upstream`).
     """
 
     def __init__(self, hidden_size: int, num_queries: int, num_heads: int, dropout: float = 0.0):
@@ -78,10 +82,11 @@ class LearnableQueryCrossAttention(nn.Module):
         self.dropout = dropout
         self.queries = nn.Parameter(torch.randn(num_queries, hidden_size) * hidden_size**-0.5)
         self.to_q = nn.Linear(hidden_size, hidden_size)
-        self.to_k = nn.Linear(hidden_size, hidden_size)
+        self.to_k = nn.Linear(hidden_size, hidden_size, bias=False)  # a key bias cancels (see the docstring)
         self.to_v = nn.Linear(hidden_size, hidden_size)
         self.to_out = nn.Linear(hidden_size, hidden_size)
         self.norm = nn.LayerNorm(hidden_size)
+        self.register_load_state_dict_pre_hook(_drop_key_bias)
 
     def uses_absorbed_attention(self, num_tokens: int) -> bool:
         """Whether the absorbed form needs fewer FLOPs than the projected one for `num_tokens` tokens per sample."""
@@ -149,12 +154,8 @@ class LearnableQueryCrossAttention(nn.Module):
         scale = head_dim**-0.5
         folded = torch.matmul(query, key_weight) * scale  # [h, K, d]: W_k,h^T q_h, scaled
         folded = folded.reshape(heads * num_queries, hidden)
-        # q_h . b_k,h is the same for every token (it cancels in the softmax); it is kept so that the logits, and
-        # the parameters that receive a gradient (DDP without find_unused_parameters), match the projected form.
-        key_bias = (query * self.to_k.bias.view(heads, 1, head_dim)).sum(-1).reshape(heads * num_queries, 1)
         # One GEMM over all B*N tokens, then [B, h*K, N] so that the softmax and the pooling run on contiguous rows.
         logits = torch.matmul(tokens, folded.t()).transpose(1, 2)  # [B, h*K, N]
-        logits = logits + (key_bias * scale).to(logits.dtype)
         # softmax in (at least) fp32 whatever the compute dtype (bf16 autocast), like the fused attention kernels
         probs = logits.softmax(dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32)).to(logits.dtype)
         if keep is not None:
@@ -173,6 +174,14 @@ class LearnableQueryCrossAttention(nn.Module):
         row_sums = probs.sum(-1).view(batch, heads, num_queries).transpose(1, 2)  # [B, K, h]
         attended = attended + row_sums[..., None] * value_bias.view(heads, head_dim)
         return attended.reshape(batch, num_queries, hidden)
+
+
+def _drop_key_bias(
+    module: LearnableQueryCrossAttention, state_dict: dict, prefix: str, local_metadata: dict, strict: bool, *args: Any
+) -> None:
+    """Reads adapters saved while the key projection had a bias: that bias added the same value to every logit of
+    a query, which the softmax cancels, so dropping it leaves the outputs as they were."""
+    state_dict.pop(prefix + "to_k.bias", None)
 
 
 class CKTBranch(nn.Module):

@@ -6,7 +6,7 @@ import difflib
 import importlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
 import torch
@@ -250,11 +250,102 @@ def infer_teacher_hidden_size(teacher: nn.Module, layer: nn.Module) -> Optional[
 TRUSTED_PACKAGES = ("diffusers", "transformers", "peft_ckt", "lerobot")
 # Weight files that are unpickled when read: loading one can run arbitrary code.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+# The user's allow-list of teacher classes, read whenever a stored teacher reference is checked: comma-separated
+# package prefixes ("my_pkg", "my_pkg.models") or dotted class paths ("my_pkg.models.MyTeacher").
+TRUSTED_TEACHERS_ENV = "PEFT_CKT_TRUSTED_TEACHERS"
+# What `trust_teacher_classes` added in this process (in order, without duplicates).
+_trusted_teacher_entries: list[str] = []
+# How the class refusal of a teacher reference names the allow-list (the pickle refusal does not: see below).
+TEACHER_ALLOW_LIST_HINT = (
+    f"or allow-list it: `peft_ckt.trust_teacher_classes(...)` or the {TRUSTED_TEACHERS_ENV} environment variable"
+)
+
+
+def _allow_list_entry(entry: str, source: str) -> str:
+    """`entry` stripped, refused unless it is a dotted Python name (`source` names where it came from)."""
+    stripped = entry.strip() if isinstance(entry, str) else entry
+    if not isinstance(stripped, str) or not stripped or not all(part.isidentifier() for part in stripped.split(".")):
+        raise ValueError(
+            f"{source} holds {stripped!r}, which is not a package prefix or dotted class path ('my_pkg', "
+            "'my_pkg.models.MyTeacher')."
+        )
+    return stripped
+
+
+def _env_teacher_entries() -> list[str]:
+    value = os.environ.get(TRUSTED_TEACHERS_ENV, "")
+    source = f"The environment variable {TRUSTED_TEACHERS_ENV}"
+    return [_allow_list_entry(entry, source) for entry in value.split(",") if entry.strip()]
+
+
+class _TrustedTeachers:
+    """What [`trust_teacher_classes`] returns: used as a context manager, it removes on exit the entries it added."""
+
+    def __init__(self, added: list[str]) -> None:
+        self.added = added
+
+    def __enter__(self) -> _TrustedTeachers:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        untrust_teacher_classes(*self.added)
+
+
+def trust_teacher_classes(*entries: str) -> _TrustedTeachers:
+    """Allows stored teacher references (an adapter's `teacher_class`) to name classes outside [`TRUSTED_PACKAGES`]:
+    each entry is a package prefix (`"my_pkg"`, `"my_pkg.models"`: every class below it) or a dotted class path
+    (`"my_pkg.models.MyTeacher"`: that class only). A plain `PeftModel.from_pretrained(student, path)` then loads
+    such a teacher. For this process only; the environment variable `PEFT_CKT_TRUSTED_TEACHERS` (comma-separated
+    entries, read at load time) does the same across processes.
+
+    This trusts the class's code only, not the weights: the teacher is still read from safetensors only (a folder
+    with only pickle weights is refused) unless `trust_remote_code=True`.
+
+    Returns an object that, used as a context manager, removes on exit the entries this call added:
+    `with peft_ckt.trust_teacher_classes("my_pkg"): ...`.
+    """
+    added = []
+    for entry in entries:
+        entry = _allow_list_entry(entry, "`trust_teacher_classes`")
+        if entry not in _trusted_teacher_entries:
+            _trusted_teacher_entries.append(entry)
+            added.append(entry)
+    return _TrustedTeachers(added)
+
+
+def untrust_teacher_classes(*entries: str) -> None:
+    """Removes entries added by [`trust_teacher_classes`] (entries not added are ignored; those of the environment
+    variable stay until it is changed). Without arguments, removes every entry added in this process."""
+    if not entries:
+        _trusted_teacher_entries.clear()
+        return
+    for entry in entries:
+        entry = _allow_list_entry(entry, "`untrust_teacher_classes`")
+        if entry in _trusted_teacher_entries:
+            _trusted_teacher_entries.remove(entry)
+
+
+def trusted_teacher_classes() -> tuple[str, ...]:
+    """Every package prefix or class path a stored teacher reference may name now: [`TRUSTED_PACKAGES`], then the
+    environment variable's entries, then those of [`trust_teacher_classes`]."""
+    entries = [*TRUSTED_PACKAGES, *_env_teacher_entries(), *_trusted_teacher_entries]
+    return tuple(dict.fromkeys(entries))
+
+
+def _under(path: str, prefixes: Iterable[str]) -> bool:
+    # "my_pkg" covers "my_pkg.models.Teacher" but not "my_pkg2.Teacher".
+    return any(path == prefix or path.startswith(prefix + ".") for prefix in prefixes)
 
 
 def is_trusted_class_path(path: str) -> bool:
     """Whether the dotted path `path` lies in one of [`TRUSTED_PACKAGES`] (checked on the string: nothing imported)."""
     return path.split(".", 1)[0] in TRUSTED_PACKAGES
+
+
+def is_trusted_teacher_class(path: str) -> bool:
+    """Whether a teacher reference may name the class `path`: [`TRUSTED_PACKAGES`] or the user's allow-list (see
+    [`trust_teacher_classes`]). Checked on the string: nothing imported."""
+    return is_trusted_class_path(path) or _under(path, trusted_teacher_classes())
 
 
 def check_trusted_class_path(path: str, what: str, opt_in: str) -> None:
@@ -267,13 +358,25 @@ def check_trusted_class_path(path: str, what: str, opt_in: str) -> None:
         )
 
 
+def check_trusted_teacher_class(path: str, what: str, opt_in: str) -> None:
+    """[`check_trusted_class_path`] for a teacher reference: classes the user allow-listed pass too (see
+    [`trust_teacher_classes`]), and the error names that allow-list next to `opt_in`."""
+    if not is_trusted_teacher_class(path):
+        raise ValueError(
+            f"{what} names the class {path!r}, outside the trusted packages ({', '.join(TRUSTED_PACKAGES)}) and "
+            f"the allow-list: it was not imported, since importing it runs that module's code. If you trust its "
+            f"source, pass {opt_in}, {TEACHER_ALLOW_LIST_HINT} (e.g. {path.split('.', 1)[0]!r})."
+        )
+
+
 def import_class(path: str, trust_remote_code: bool = False) -> type:
-    """Imports the class `package.module.Class`; outside [`TRUSTED_PACKAGES`] only with `trust_remote_code=True`."""
+    """Imports the teacher class `package.module.Class`; outside [`TRUSTED_PACKAGES`] and the user's allow-list (see
+    [`trust_teacher_classes`]) only with `trust_remote_code=True`."""
     module_name, _, class_name = path.rpartition(".")
     if not module_name:
         raise ValueError(f"`teacher_class` must be 'package.module.Class', got {path!r}.")
     if not trust_remote_code:
-        check_trusted_class_path(path, "The teacher reference (`teacher_class`)", "`trust_remote_code=True`")
+        check_trusted_teacher_class(path, "The teacher reference (`teacher_class`)", "`trust_remote_code=True`")
     try:
         return getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as err:
@@ -305,6 +408,12 @@ def _reads_safetensors_by_switch(cls: type) -> bool:
     )
 
 
+def is_hf_class(cls: type) -> bool:
+    """Whether `cls.from_pretrained` is diffusers' or transformers' (a model, an Auto class, a subclass of one): it
+    takes `trust_remote_code`, and decides by it whether a folder's own code (`auto_map` in its config) runs."""
+    return _reads_safetensors_by_switch(cls) or cls.__module__.split(".", 1)[0] in ("diffusers", "transformers")
+
+
 def load_teacher(
     reference: str, teacher_class: Optional[str] = None, trust_remote_code: bool = False, **kwargs: Any
 ) -> nn.Module:
@@ -312,8 +421,9 @@ def load_teacher(
 
     The class is `teacher_class` when given; otherwise it is read from the folder's `config.json` (diffusers'
     `_class_name`, transformers' `architectures`). Unless `trust_remote_code=True`, a `teacher_class` outside
-    diffusers, transformers, peft_ckt and lerobot is refused before it is imported, and the weights are read from
-    safetensors only (a folder with only pickle weights is refused).
+    diffusers, transformers, peft_ckt, lerobot and the user's allow-list ([`trust_teacher_classes`]) is refused
+    before it is imported, and the weights are read from safetensors only (a folder with only pickle weights is
+    refused, whatever the class: the allow-list trusts code, not weight files).
     """
     opt_in = "`trust_remote_code=True`"
     if not trust_remote_code:
@@ -342,6 +452,10 @@ def load_teacher(
         raise TypeError(f"The teacher class {cls!r} is not an nn.Module; pass the teacher module instead.")
     if not hasattr(cls, "from_pretrained"):
         raise TypeError(f"The teacher class {cls.__name__} has no `from_pretrained`; pass the teacher module instead.")
-    if not trust_remote_code and _reads_safetensors_by_switch(cls):
-        kwargs.setdefault("use_safetensors", True)
+    if is_hf_class(cls):
+        # Said explicitly: left unset, transformers asks on stdin whether to run a folder's `auto_map` code, and a
+        # "y" there (or in a piped stdin) would run it without the user's `trust_remote_code=True`.
+        kwargs.setdefault("trust_remote_code", trust_remote_code)
+        if not trust_remote_code:
+            kwargs.setdefault("use_safetensors", True)
     return cls.from_pretrained(reference, **kwargs)

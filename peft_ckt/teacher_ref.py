@@ -2,8 +2,9 @@
 
 A teacher is given as an `nn.Module`, a local folder or a Hub id. `adapter_config.json` stores only the reference
 (`teacher`: name or path, `teacher_class`: "package.module.Class"), never the module. Loading a stored reference is
-trust-checked first: a class outside diffusers/transformers/peft_ckt/lerobot is not imported and a folder with only pickle
-weights is not read, unless `trust_remote_code=True`.
+trust-checked first: a class outside diffusers/transformers/peft_ckt/lerobot and the user's allow-list
+(`peft_ckt.trust_teacher_classes`, `PEFT_CKT_TRUSTED_TEACHERS`) is not imported, and a folder with only pickle weights
+is not read, unless `trust_remote_code=True`. The allow-list trusts code only: it never allows pickle weights.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, Optional, Union
 
 from torch import nn
 
-from .teacher import check_safetensors_folder, check_trusted_class_path, load_teacher
+from .teacher import check_safetensors_folder, check_trusted_teacher_class, load_teacher
 
 # The opt-in named by the trust errors of an adapter's stored teacher reference.
 ADAPTER_OPT_IN = (
@@ -50,8 +51,9 @@ class TeacherRef:
             (loaded on [`load`]), another `TeacherRef` (copied), or `None` (no teacher yet).
         teacher_class: "package.module.Class" used to load a reference; read from the folder's `config.json` when
             `None`. Ignored for a module (its own class is recorded).
-        trust_remote_code: allow a class outside diffusers/transformers/peft_ckt/lerobot and pickle weights (both can run
-            arbitrary code). Never stored in `adapter_config.json`.
+        trust_remote_code: allow a class outside diffusers/transformers/peft_ckt/lerobot and the allow-list (see
+            `peft_ckt.trust_teacher_classes`), and pickle weights (both can run arbitrary code). Never stored in
+            `adapter_config.json`.
 
     Copies (`copy.copy` / `copy.deepcopy`, e.g. of a config or a peft model) share the module (frozen, possibly
     14B) but not the reference: attaching another teacher to a copy leaves the original as it was. Not an
@@ -139,14 +141,15 @@ class TeacherRef:
         opt_in: str = ADAPTER_OPT_IN,
     ) -> None:
         """Refuses, before anything is imported or read, a teacher reference whose `teacher_class` lies outside
-        diffusers/transformers/peft_ckt/lerobot, or whose local folder has only pickle weights. No-op with
-        `trust_remote_code=True`. `what` names the reference in the error, `opt_in` the switch that allows it."""
+        diffusers/transformers/peft_ckt/lerobot and the user's allow-list (`peft_ckt.trust_teacher_classes`), or whose
+        local folder has only pickle weights (allow-listed class or not). No-op with `trust_remote_code=True`. `what`
+        names the reference in the error, `opt_in` the switch that allows it."""
         if trust_remote_code:
             return
         folder = os.fspath(folder)
         if teacher_class:
             what = what or f"The CKT adapter's teacher reference ({folder!r})"
-            check_trusted_class_path(str(teacher_class), what, opt_in)
+            check_trusted_teacher_class(str(teacher_class), what, opt_in)
         check_safetensors_folder(folder, TEACHER_FOLDER, opt_in)
 
     def check(self, what: Optional[str] = None, opt_in: str = ADAPTER_OPT_IN) -> None:

@@ -12,7 +12,7 @@ hidden width):
 | `{branch}.up_proj.{weight,bias}` | `[d_s, d_b]`, `[d_s]` | `{branch}.up.*` |
 | `{branch}.layer_norm.{weight,bias}` | `[d_s]` | `{branch}.norm.*` |
 | `{branch}.query_tokens` | `[1, K, d_s]` | `{branch}.cross_attention.queries` `[K, d_s]` |
-| `{branch}.cross_attn.in_proj_{weight,bias}` | `[3 d_s, d_s]`, `[3 d_s]` | `cross_attention.to_{q,k,v}.*` (split in 3) |
+| `{branch}.cross_attn.in_proj_{weight,bias}` | `[3 d_s, d_s]`, `[3 d_s]` | `cross_attention.to_{q,k,v}.*` (split in 3; no key bias) |
 | `{branch}.cross_attn.out_proj.{weight,bias}` | `[d_s, d_s]`, `[d_s]` | `{branch}.cross_attention.to_out.*` |
 | `{branch}.post_attn_norm.{weight,bias}` | `[d_s]` | `{branch}.cross_attention.norm.*` |
 | `router.gate.{0,2}.{weight,bias}` | `[h, d_t]`, `[M, h]` | `router.mlp.{0,2}.*` |
@@ -21,19 +21,24 @@ hidden width):
 
 with `{branch}` = `generalized_adapter` (ours: `generalized`) or `specialized_adapters.{m}` (ours: `specialized.{m}`).
 Both compute the same context: their `[C_g ; C_s]` after `<SEP>` in `[E_t ; <SEP> ; C_A]` is our "append" injection.
+Their key bias (the middle third of `in_proj_bias`) is dropped: it adds the same value to every logit of a query,
+which the softmax cancels, and our key projection has no bias.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
+from torch import nn
 
-from .atomic import commit_files
+from .atomic import commit_directory
 from .config import CKTConfig
 
 # Where the bank's tensors live in a saved peft-ckt adapter (`CKTModel` attaches its layer to the student as `ckt`).
@@ -61,14 +66,19 @@ class UpstreamConversion:
     student_trainable: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-class UpstreamCheckpointError(ValueError):
+class UpstreamConversionError(ValueError):
+    """A conversion that cannot be done; the message names the input at fault (the checkpoint, the student, the
+    output folder)."""
+
+
+class UpstreamCheckpointError(UpstreamConversionError):
     """The file is not a CKT-WAM checkpoint this converter understands."""
 
 
 def load_upstream_checkpoint(path: str) -> dict[str, Any]:
     """Loads their `.pt` with `weights_only=True`: tensors and plain containers only, never arbitrary objects."""
     if not os.path.exists(path):
-        raise UpstreamCheckpointError(f"{path!r}: no such checkpoint file.")
+        raise UpstreamCheckpointError(f"{path!r} was not found: no such checkpoint file.")
     if os.path.isdir(path):
         raise UpstreamCheckpointError(f"{path!r} is a folder, not a CKT-WAM checkpoint file (.pt).")
     try:
@@ -138,6 +148,8 @@ def _convert_state_dict(theirs: dict[str, torch.Tensor]) -> dict[str, torch.Tens
             elif name in ("cross_attn.in_proj_weight", "cross_attn.in_proj_bias"):
                 kind = name.rsplit("_", 1)[-1]  # weight | bias
                 for projection, part in zip(("to_q", "to_k", "to_v"), tensor.chunk(3, dim=0)):
+                    if (projection, kind) == ("to_k", "bias"):
+                        continue  # cancels in the softmax: our key projection has none (see the module docstring)
                     ours[f"{branch}.cross_attention.{projection}.{kind}"] = part.contiguous()
             else:
                 ours[f"{branch}.{_rename_branch_parameter(name)}"] = tensor
@@ -227,6 +239,97 @@ def convert_upstream_checkpoint(
     )
 
 
+def _build_on_meta(folder: str, model_config: dict[str, Any]) -> Optional[nn.Module]:
+    """The diffusers/transformers model that `folder`'s config.json describes, on the meta device (shapes only,
+    nothing read but the config); `None` when the config names no such class or it cannot be built from it."""
+    import importlib
+
+    if "_class_name" in model_config:
+        cls = getattr(importlib.import_module("diffusers"), str(model_config["_class_name"]), None)
+    elif model_config.get("architectures"):
+        cls = getattr(importlib.import_module("transformers"), str(model_config["architectures"][0]), None)
+    else:
+        return None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        return None
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if hasattr(cls, "from_config"):  # diffusers
+                return cls.from_config(model_config)
+            return cls._from_config(cls.config_class.from_pretrained(folder))  # transformers
+    except Exception:  # an unusual model: its width is then checked at load time only
+        return None
+
+
+def _config_width(model_config: dict[str, Any], context_kwarg: Optional[str]) -> Optional[int]:
+    """The conditioning width that config.json states for `context_kwarg` (the keys the injection reads)."""
+    from .injection import WIDTH_KEYS_FOR_CONTEXT
+
+    text_config = model_config.get("text_config")
+    for config in ([text_config] if isinstance(text_config, dict) else []) + [model_config]:
+        for key in WIDTH_KEYS_FOR_CONTEXT.get(context_kwarg, ()):
+            if isinstance(config.get(key), int):
+                return config[key]
+    return None
+
+
+def check_student(student: str, config: CKTConfig) -> None:
+    """Checks the student the converted adapter names as its base model (`--student`), before anything is written.
+
+    A local folder must hold a model's `config.json`, and its conditioning (at `config.context_kwarg`, or the output
+    of `config.target_modules`) must have the bank's width `d_s` where the model tells it: a diffusers/transformers
+    model is built on the meta device from its config (no weights read) and measured as loading would. A name that is
+    no local file or folder must be a Hub id (`org/name`); it is not looked up.
+    """
+    from .injection import infer_student_hidden_size, resolve_route
+
+    path = os.path.expanduser(student)
+    if os.path.isfile(path):
+        raise UpstreamConversionError(f"--student {student!r} is a file, not a model folder or a Hub id.")
+    if not os.path.isdir(path):
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(student)
+        except HFValidationError:
+            raise UpstreamConversionError(
+                f"--student {student!r} was not found: no such folder, and not a Hub id ('org/name')."
+            ) from None
+        return
+    config_file = os.path.join(path, "config.json")
+    if not os.path.isfile(config_file):
+        raise UpstreamConversionError(
+            f"--student {student!r} is a folder without a config.json: not a saved model (save it with "
+            "`save_pretrained`, or give its Hub id)."
+        )
+    try:
+        with open(config_file) as f:
+            model_config = json.load(f)
+    except (OSError, ValueError) as err:
+        raise UpstreamConversionError(f"--student {student!r}: cannot read {config_file}: {err}.") from None
+    if not isinstance(model_config, dict):
+        raise UpstreamConversionError(f"--student {student!r}: {config_file} is not a JSON object.")
+    model = _build_on_meta(path, model_config)
+    if model is not None:
+        try:
+            route = resolve_route(model, config.context_kwarg, config.target_modules)
+        except ValueError as err:
+            flag = "--target-modules" if config.target_modules else "--context-kwarg"
+            raise UpstreamConversionError(f"{flag} does not fit the student {student!r}: {err}") from None
+        width, where = infer_student_hidden_size(model, route), route.describe()
+    elif not config.target_modules:
+        width, where = _config_width(model_config, config.context_kwarg), f"`{config.context_kwarg}`"
+    else:
+        return  # a module's width needs the model: checked when the adapter is loaded
+    if width is not None and width != config.student_hidden_size:
+        raise UpstreamConversionError(
+            f"--student {student!r} has conditioning width {width} at {where}, but the checkpoint's adapters produce "
+            f"d_s={config.student_hidden_size}: give the student the checkpoint was trained with (or the "
+            "--context-kwarg / --target-modules where its conditioning has that width)."
+        )
+
+
 def student_trainable_warning(count: int, num_values: int, written: Optional[str]) -> str:
     where = (
         f"They were written to {written}; load them into the student (load_state_dict(..., strict=False)) before "
@@ -240,6 +343,25 @@ def student_trainable_warning(count: int, num_values: int, written: Optional[str
     )
 
 
+# The files a conversion writes: an older output's copies are replaced, a stale student file is not kept.
+CONVERTED_FILES = ("adapter_model.safetensors", "adapter_config.json", STUDENT_TRAINABLE_FILE)
+
+
+def _check_output_dir(output_dir: str) -> str:
+    """The real path of `output_dir`, refused when it is a file or holds the current folder (it is replaced
+    whole)."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise UpstreamConversionError(f"output_dir {output_dir!r} is a file, not a folder: choose another path.")
+    target = os.path.realpath(output_dir)
+    cwd = os.path.realpath(os.getcwd())
+    if target == cwd or cwd.startswith(target.rstrip(os.sep) + os.sep):
+        raise UpstreamConversionError(
+            f"output_dir {output_dir!r} holds the current folder, and the output folder is replaced whole: name a "
+            "new or adapter folder (e.g. ./adapter)."
+        )
+    return target
+
+
 def save_converted(
     conversion: UpstreamConversion,
     output_dir: str,
@@ -247,8 +369,10 @@ def save_converted(
     write_student_trainable: bool = False,
 ) -> list[str]:
     """Writes `adapter_model.safetensors` and `adapter_config.json` (and, if asked, `student_trainable.safetensors`)
-    into `output_dir`, each file replaced atomically. Returns the written paths. Warns when the checkpoint holds
-    student tensors."""
+    into `output_dir`, all or nothing: the folder is written beside it and swapped in whole (other files of an
+    older `output_dir` are carried over; a `student_trainable.safetensors` not written this time is not), so a failure
+    leaves the older folder as it was. `base_model_name_or_path` (the student) is checked first ([`check_student`]).
+    Returns the written paths. Warns when the checkpoint holds student tensors."""
     from safetensors.torch import save_file
 
     config = conversion.config
@@ -267,12 +391,14 @@ def save_converted(
         raise UpstreamCheckpointError(
             f"The converted weights do not fit the bank: missing {missing}, unexpected {unexpected}, wrong shapes {wrong}."
         )
+    if base_model_name_or_path:
+        check_student(base_model_name_or_path, config)
+    target = _check_output_dir(output_dir)
 
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise UpstreamCheckpointError(f"The output {output_dir!r} is a file, not a folder; choose another path.")
-    os.makedirs(output_dir, exist_ok=True)
-    written = []
-    with tempfile.TemporaryDirectory(dir=output_dir, prefix=".convert-") as staging:
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(target)}.convert-")
+    try:
         tensors = {ADAPTER_BANK_PREFIX + key: value for key, value in conversion.state_dict.items()}
         save_file(tensors, os.path.join(staging, "adapter_model.safetensors"), metadata={"format": "pt"})
         config.save_pretrained(staging)
@@ -282,7 +408,18 @@ def save_converted(
             student = {key: value.detach().clone().contiguous() for key, value in conversion.student_trainable.items()}
             save_file(student, os.path.join(staging, STUDENT_TRAINABLE_FILE), metadata={"format": "pt"})
             names.append(STUDENT_TRAINABLE_FILE)
-        written = commit_files(staging, output_dir, names)
+        if os.path.isdir(target):  # what else the older folder holds (a README, a model card) stays
+            for name in sorted(set(os.listdir(target)) - set(CONVERTED_FILES)):
+                source, copy = os.path.join(target, name), os.path.join(staging, name)
+                if os.path.isdir(source) and not os.path.islink(source):
+                    shutil.copytree(source, copy, symlinks=True)
+                else:
+                    shutil.copy2(source, copy, follow_symlinks=False)
+        commit_directory(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    written = [os.path.join(output_dir, name) for name in names]
     if conversion.student_trainable:
         count = len(conversion.student_trainable)
         values = sum(value.numel() for value in conversion.student_trainable.values())
@@ -293,7 +430,9 @@ def save_converted(
 
 __all__ = [
     "UpstreamCheckpointError",
+    "UpstreamConversionError",
     "UpstreamConversion",
+    "check_student",
     "convert_upstream_checkpoint",
     "load_upstream_checkpoint",
     "save_converted",

@@ -18,8 +18,7 @@ torch.set_num_threads(1)
 def attention_with_biases(dropout: float, hidden: int = 64, queries: int = 4, heads: int = 4):
     torch.manual_seed(0)
     attention = LearnableQueryCrossAttention(hidden, num_queries=queries, num_heads=heads, dropout=dropout).double()
-    with torch.no_grad():  # non-zero biases: the value bias must follow the row sums of the dropped weights
-        attention.to_k.bias.normal_()
+    with torch.no_grad():  # a non-zero value bias must follow the row sums of the dropped weights
         attention.to_v.bias.normal_()
     return attention
 
@@ -59,12 +58,14 @@ def test_forward_draws_one_mask_for_either_form():
 
 
 def reference_multihead_attention(attention: LearnableQueryCrossAttention, dropout: float) -> nn.MultiheadAttention:
-    """torch's own multi-head attention with the same weights (fused in_proj, as the paper's code holds them)."""
+    """torch's own multi-head attention with the same weights (fused in_proj, as the paper's code holds them), plus
+    a random key bias: it cancels in the softmax, so the outputs stay the same."""
     hidden = attention.queries.shape[1]
     mha = nn.MultiheadAttention(hidden, attention.num_heads, dropout=dropout, batch_first=True).double()
     with torch.no_grad():
         mha.in_proj_weight.copy_(torch.cat([attention.to_q.weight, attention.to_k.weight, attention.to_v.weight]))
-        mha.in_proj_bias.copy_(torch.cat([attention.to_q.bias, attention.to_k.bias, attention.to_v.bias]))
+        key_bias = torch.randn_like(attention.to_q.bias)
+        mha.in_proj_bias.copy_(torch.cat([attention.to_q.bias, key_bias, attention.to_v.bias]))
         mha.out_proj.weight.copy_(attention.to_out.weight)
         mha.out_proj.bias.copy_(attention.to_out.bias)
     return mha

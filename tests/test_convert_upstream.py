@@ -6,6 +6,8 @@ a bottleneck MLP, `nn.MultiheadAttention` over learned `query_tokens`, a router 
 """
 
 import json
+import os
+import re
 
 import pytest
 import torch
@@ -66,8 +68,8 @@ class UpstreamLayoutBank(nn.Module):
         return torch.cat([general, (picked * weights[:, :, None, None]).sum(1)], dim=1), probs
 
 
-def upstream_checkpoint(path, student_trainable=None):
-    torch.manual_seed(0)
+def upstream_checkpoint(path, student_trainable=None, seed=0):
+    torch.manual_seed(seed)
     bank = UpstreamLayoutBank()
     with torch.no_grad():  # every tensor random (norms and biases too), so that any mis-mapping shows
         for parameter in bank.parameters():
@@ -126,10 +128,20 @@ def student():
     return TinyWorldActionModel(width=D_S).eval()
 
 
-def convert(tmp_path, *extra):
+def convert(tmp_path, *extra, student="org/student", route=("--target-modules", "text_proj")):
     argv = ["convert-upstream", str(tmp_path / "checkpoint_00005000.pt"), str(tmp_path / "adapter")]
-    argv += ["--teacher", "org/teacher", "--student", "org/student", "--target-modules", "text_proj", *extra]
+    argv += ["--teacher", "org/teacher", "--student", student, *route, *extra]
     return main(argv)
+
+
+def convert_error(tmp_path, capsys, *extra, **kwargs) -> str:
+    """The one-line error of a conversion that must fail as a usage error (exit status 2, like argparse's)."""
+    with pytest.raises(SystemExit) as exit_info:
+        convert(tmp_path, *extra, **kwargs)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("peft-ckt convert-upstream: error: "), err
+    return err
 
 
 def test_converted_checkpoint_gives_the_same_context_and_injection(tmp_path, capsys):
@@ -145,9 +157,10 @@ def test_converted_checkpoint_gives_the_same_context_and_injection(tmp_path, cap
     expected_sizes.update(num_experts=M, top_k=TOP_K, router_hidden_dim=HIDDEN, num_attention_heads=HEADS)
     expected_sizes.update(adapter_dropout=0.1, attention_dropout=0.1, load_balance_weight=0.02, injection="append")
     assert {key: saved[key] for key in expected_sizes} == expected_sizes
-    assert all(
-        key.startswith("base_model.model.ckt.ckt_bank.") for key in load_file(adapter / "adapter_model.safetensors")
-    )
+    converted = load_file(adapter / "adapter_model.safetensors")
+    assert all(key.startswith("base_model.model.ckt.ckt_bank.") for key in converted)
+    # Their key bias (random here) cancels in the softmax: dropped, and the context below is still theirs.
+    assert not any(key.endswith("to_k.bias") for key in converted)
 
     teacher, teacher_inputs, student_inputs = teacher_and_inputs()
     model = PeftModel.from_pretrained(student(), str(adapter), teacher=teacher).eval()
@@ -192,27 +205,25 @@ class NotATensor:
     """Any pickled object outside torch's allow-list."""
 
 
-def test_refuses_pickled_objects_and_foreign_files(tmp_path):
+def test_refuses_pickled_objects_and_foreign_files(tmp_path, capsys):
     path = tmp_path / "checkpoint_00005000.pt"
     torch.save({"adapter_bank": {}, "config": NotATensor()}, path)
-    with pytest.raises(SystemExit, match="Refusing to load"):
-        convert(tmp_path)
+    assert "Refusing to load" in convert_error(tmp_path, capsys)
     torch.save({"model": {"weight": torch.zeros(2)}}, path)
-    with pytest.raises(SystemExit, match="not a CKT-WAM checkpoint"):
-        convert(tmp_path)
+    assert "not a CKT-WAM checkpoint" in convert_error(tmp_path, capsys)
     assert not (tmp_path / "adapter").exists()
 
 
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda path: None, r"no such checkpoint file"),
+        (lambda path: None, r"was not found: no such checkpoint file"),
         (lambda path: path.write_text("just some notes\n"), r"is a text file, not a CKT-WAM checkpoint"),
         (lambda path: path.write_bytes(b""), r"is empty"),
         ("truncated", r"is a truncated or corrupt torch checkpoint"),
     ],
 )
-def test_unreadable_checkpoints_are_named_for_what_they_are(tmp_path, make, message):
+def test_unreadable_checkpoints_are_named_for_what_they_are(tmp_path, capsys, make, message):
     path = tmp_path / "checkpoint_00005000.pt"
     if make == "truncated":
         upstream_checkpoint(path)
@@ -220,14 +231,82 @@ def test_unreadable_checkpoints_are_named_for_what_they_are(tmp_path, make, mess
         path.write_bytes(data[: len(data) // 2])
     else:
         make(path)
-    with pytest.raises(SystemExit, match=message) as exit_info:
-        convert(tmp_path)
-    assert "holds more than tensors" not in str(exit_info.value)
+    error = convert_error(tmp_path, capsys)
+    assert re.search(message, error) and str(path) in error, error
+    assert "holds more than tensors" not in error
     assert not (tmp_path / "adapter").exists()
 
 
-def test_output_path_that_is_a_file_is_one_clear_error(tmp_path):
+def test_output_path_that_is_a_file_is_one_clear_error(tmp_path, capsys):
     upstream_checkpoint(tmp_path / "checkpoint_00005000.pt")
     (tmp_path / "adapter").write_text("x")
-    with pytest.raises(SystemExit, match=r"The output .*adapter' is a file, not a folder"):
-        convert(tmp_path)
+    error = convert_error(tmp_path, capsys)
+    assert re.search(r"error: output_dir '.*adapter' is a file, not a folder", error), error
+    assert (tmp_path / "adapter").read_text() == "x"
+
+
+def tiny_cosmos_folder(folder, text_embed_dim):
+    """A saved Cosmos student's config.json (all the check reads) with conditioning width `text_embed_dim`."""
+    from peft_ckt.testing import tiny_cosmos_student
+
+    tiny_cosmos_student(num_layers=1).save_config(folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "text_embed_dim": text_embed_dim}))
+    return folder
+
+
+def test_student_is_checked_before_anything_is_written(tmp_path, capsys):
+    upstream_checkpoint(tmp_path / "checkpoint_00005000.pt")
+    missing = tmp_path / "no_student"
+    error = convert_error(tmp_path, capsys, student=str(missing))
+    assert f"error: --student '{missing}' was not found: no such folder, and not a Hub id" in error
+    (tmp_path / "weights.pt").write_text("x")
+    assert "is a file, not a model folder" in convert_error(tmp_path, capsys, student=str(tmp_path / "weights.pt"))
+    (tmp_path / "empty").mkdir()
+    assert "folder without a config.json" in convert_error(tmp_path, capsys, student=str(tmp_path / "empty"))
+
+    # A student of another width than the checkpoint's d_s=16, through the conditioning kwarg or a module.
+    wide = tiny_cosmos_folder(tmp_path / "wide", text_embed_dim=24)
+    kwarg = ("--context-kwarg", "encoder_hidden_states")
+    error = convert_error(tmp_path, capsys, student=str(wide), route=kwarg)
+    assert re.search(r"--student '.*wide' has conditioning width 24 at .*encoder_hidden_states.*d_s=16", error), error
+    error = convert_error(tmp_path, capsys, student=str(wide), route=("--target-modules", "text_proj"))
+    assert "--target-modules does not fit the student" in error and "text_proj" in error
+    assert not (tmp_path / "adapter").exists()
+
+    # The right width converts.
+    fitting = tiny_cosmos_folder(tmp_path / "fitting", text_embed_dim=D_S)
+    assert convert(tmp_path, student=str(fitting), route=kwarg) == 0
+    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == str(fitting)
+
+
+@pytest.mark.parametrize("failing_rename", [1, 2])
+def test_output_folder_is_replaced_all_or_nothing(tmp_path, capsys, monkeypatch, failing_rename):
+    upstream_checkpoint(tmp_path / "checkpoint_00005000.pt", seed=0)
+    assert convert(tmp_path) == 0
+    adapter = tmp_path / "adapter"
+    (adapter / "README.md").write_text("notes")  # not the converter's: kept
+    before = {path.name: path.read_bytes() for path in adapter.iterdir()}
+    upstream_checkpoint(tmp_path / "checkpoint_00005000.pt", seed=1)  # other weights
+    capsys.readouterr()
+
+    replace, calls = os.replace, []
+
+    def failing_replace(source, target):  # the disk fills up half-way through putting the output in place
+        calls.append(target)
+        if len(calls) == failing_rename:
+            raise OSError(28, "No space left on device (simulated)")
+        return replace(source, target)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    error = convert_error(tmp_path, capsys)
+    monkeypatch.setattr(os, "replace", replace)
+    assert f"output_dir '{adapter}' could not be written" in error and "No space left" in error
+    assert {path.name: path.read_bytes() for path in adapter.iterdir()} == before  # the older folder, whole
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["adapter", "checkpoint_00005000.pt"]  # no debris
+
+    assert convert(tmp_path) == 0
+    after = {path.name: path.read_bytes() for path in adapter.iterdir()}
+    assert after.keys() == before.keys() and after["README.md"] == b"notes"
+    assert after["adapter_model.safetensors"] != before["adapter_model.safetensors"]

@@ -1,15 +1,19 @@
-"""The adapter bank on its own: sparse experts, router, load balancing, parameter count at the paper's widths."""
+"""The adapter bank on its own: sparse experts, router, load balancing, parameter count at the paper's widths, the
+key projection without a bias (and adapters saved with one)."""
 
 import contextlib
 import io
+import warnings
 
 import pytest
 import torch
-from peft import get_peft_model
+from peft import PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from peft_ckt import CKTAdapterBank, CKTConfig
-from peft_ckt.layer import load_balance_loss
+from peft_ckt.layer import LearnableQueryCrossAttention, load_balance_loss
+from peft_ckt.testing import TinyWorldActionModel
 
 SMALL = dict(
     num_context_tokens=4, num_experts=6, top_k=2, bottleneck_dim=16, router_hidden_dim=16, num_attention_heads=2
@@ -121,3 +125,76 @@ def test_trainable_parameters_at_paper_widths():
         model.print_trainable_parameters()
     assert f"trainable params: {trainable:,}" in printed.getvalue()
     assert printed.getvalue().startswith("trainable params: 187,")
+
+
+# --------------------------------------------------------------------------------------------- key bias
+def test_key_projection_has_no_bias():
+    bank = small_bank()
+    attentions = [m for m in bank.modules() if isinstance(m, LearnableQueryCrossAttention)]
+    assert len(attentions) == 1 + SMALL["num_experts"]
+    assert all(attention.to_k.bias is None for attention in attentions)
+    assert not any(key.endswith("to_k.bias") for key in bank.state_dict())
+
+
+def _with_key_bias(model: nn.Module, biases: dict[str, torch.Tensor]) -> None:
+    """What the bank computed while its key projection had a bias: that bias put back, the projected form forced
+    (it applies `to_k` to every token, bias included)."""
+    for name, module in model.named_modules():
+        if isinstance(module, LearnableQueryCrossAttention):
+            hidden = module.to_k.in_features
+            biased = nn.Linear(hidden, hidden)
+            with torch.no_grad():
+                biased.weight.copy_(module.to_k.weight)
+                biased.bias.copy_(biases[name])
+            module.to_k = biased
+            module.uses_absorbed_attention = lambda num_tokens: False
+
+
+@pytest.mark.parametrize("low_cpu_mem_usage", [False, True])
+def test_adapter_saved_with_a_key_bias_loads_with_the_same_outputs(tmp_path, low_cpu_mem_usage):
+    torch.manual_seed(0)
+    teacher = TinyWorldActionModel(obs_dim=20, text_dim=6, width=24, num_blocks=2).eval()
+    config = CKTConfig(teacher=teacher, teacher_layer="blocks.1", target_modules="text_proj", **SMALL)
+    torch.manual_seed(1)
+    model = get_peft_model(TinyWorldActionModel(), config).eval()
+    model.save_pretrained(tmp_path)
+    # The file as written while the key projection had a bias: one per branch, far from zero.
+    weights_file = tmp_path / "adapter_model.safetensors"
+    tensors = load_file(weights_file)
+    weight_keys = [key for key in tensors if key.endswith("cross_attention.to_k.weight")]
+    assert len(weight_keys) == 1 + SMALL["num_experts"]
+    generator = torch.Generator().manual_seed(5)
+    for key in weight_keys:
+        tensors[key.replace(".weight", ".bias")] = 3.0 * torch.randn(tensors[key].shape[0], generator=generator)
+    save_file(tensors, weights_file, metadata={"format": "pt"})
+
+    torch.manual_seed(1)  # the same student
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reloaded = PeftModel.from_pretrained(
+            TinyWorldActionModel(), tmp_path, teacher=teacher, low_cpu_mem_usage=low_cpu_mem_usage
+        ).eval()
+    assert not [w for w in caught if "to_k" in str(w.message)]  # the dropped tensor is not reported unexpected
+    assert not any(key.endswith("to_k.bias") for key in reloaded.state_dict())
+
+    torch.manual_seed(1)
+    old = PeftModel.from_pretrained(TinyWorldActionModel(), tmp_path, teacher=teacher).eval()
+    prefix = "base_model.model."
+    biases = {
+        key[len(prefix) :].replace(".to_k.bias", "").replace(".ckt_bank.", ".ckt_bank.default."): tensors[key]
+        for key in tensors
+        if key.endswith("to_k.bias")
+    }
+    _with_key_bias(old.base_model.model, biases)
+    teacher_inputs = {"observation": torch.randn(3, 5, 20), "text_embeds": torch.randn(3, 4, 6)}
+    student_inputs = {"observation": torch.randn(3, 5, 12), "text_embeds": torch.randn(3, 4, 10)}
+    with torch.no_grad():
+        context, expected = reloaded.encode_teacher(teacher_inputs), old.encode_teacher(teacher_inputs)
+        frames, _ = reloaded(**student_inputs, ckt_context=context)
+        expected_frames, _ = old(**student_inputs, ckt_context=expected)
+    torch.testing.assert_close(context.tokens, expected.tokens, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(frames, expected_frames, rtol=1e-5, atol=1e-6)
+    # The bank's own strict load takes such a state dict too (the old bank's, key biases included).
+    old_state = old.get_bank().state_dict()
+    assert sum(key.endswith("to_k.bias") for key in old_state) == len(weight_keys)
+    reloaded.get_bank().load_state_dict(old_state, strict=True)

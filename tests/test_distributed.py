@@ -55,8 +55,8 @@ def test_fsdp_two_cpu_processes_killed_and_resumed_match_a_single_process(versio
     assert losses == pytest.approx(reference_losses, rel=1e-5)
 
     # The adapter written by rank 0 from the gathered full state dict equals the single process's. The tolerance
-    # is for AdamW, which turns float-level differences of near-zero gradients (e.g. key biases, which softmax
-    # ignores) into differences of up to ~1e-4; an optimizer state lost at the resume moves weights by 0.05.
+    # is for AdamW, which turns float-level differences of near-zero gradients into differences of up to ~1e-4; an
+    # optimizer state lost at the resume moves weights by 0.05.
     fsdp = load_file(tmp_path / "adapter_model.safetensors")
     single = load_file(single_process / "adapter_model.safetensors")
     assert fsdp.keys() == single.keys() and all(v.dtype == torch.float32 for v in fsdp.values())

@@ -21,7 +21,7 @@ from peft import PeftModel, get_peft_model
 import peft_ckt  # noqa: F401  (registers CKT)
 from peft_ckt import CKTConfig
 from peft_ckt.libero.policies import LiberoPolicy, check_policy_spec, load_policy, register_policy
-from peft_ckt.teacher import load_teacher
+from peft_ckt.teacher import TRUSTED_TEACHERS_ENV, is_trusted_teacher_class, load_teacher
 from peft_ckt.testing import TINY_CKT_KWARGS, tiny_cosmos_inputs, tiny_cosmos_student, tiny_wan_inputs
 
 torch.set_num_threads(1)
@@ -140,6 +140,82 @@ def test_trusted_teacher_classes_still_load_by_reference(teacher, tmp_path):
         load_teacher(str(tmp_path / "odd"))
 
 
+# --------------------------------------------------------------------------------------------- allow-list
+@pytest.mark.parametrize("how", ["env", "env_class_path", "function", "function_class_path"])
+def test_allow_listed_teacher_class_reloads_with_a_plain_from_pretrained(how, teacher, tmp_path, monkeypatch):
+    module, marker = write_module(tmp_path / "mods", UNTRUSTED_TEACHER, monkeypatch)
+    teacher.save_pretrained(tmp_path / "teacher")
+    adapter = saved_adapter(teacher, tmp_path / "adapter", tmp_path / "teacher", f"{module}.UntrustedWan")
+    expected = run(PeftModel.from_pretrained(tiny_cosmos_student(), str(adapter), teacher=teacher).eval())
+    entry = f"{module}.UntrustedWan" if how.endswith("class_path") else module
+    # A prefix that is not a package boundary ("ckt_untrusted" of "ckt_untrusted_1a2b3c4d") trusts nothing.
+    monkeypatch.setenv(TRUSTED_TEACHERS_ENV, "ckt_untrusted, other_pkg.models")
+    assert not is_trusted_teacher_class(f"{module}.UntrustedWan")
+
+    def reload() -> PeftModel:  # as code that calls peft itself does (Trainer callbacks, LeRobot): no opt-in
+        return PeftModel.from_pretrained(tiny_cosmos_student(), str(adapter)).eval()
+
+    if how.startswith("env"):
+        monkeypatch.setenv(TRUSTED_TEACHERS_ENV, f"other_pkg, {entry} ")  # read at load time
+        model = reload()
+        assert torch.equal(run(model), expected)
+    else:
+        with peft_ckt.trust_teacher_classes(entry):
+            assert entry in peft_ckt.trusted_teacher_classes()
+            model = reload()
+            assert torch.equal(run(model), expected)
+        # Left the block: the entry is gone, a new load is refused again.
+        assert entry not in peft_ckt.trusted_teacher_classes()
+        with pytest.raises(ValueError, match=r"outside the trusted packages .*and the allow-list"):
+            run(reload())
+        peft_ckt.trust_teacher_classes(entry)
+        try:
+            assert torch.equal(run(reload()), expected)
+        finally:
+            peft_ckt.untrust_teacher_classes(entry)
+        assert not is_trusted_teacher_class(f"{module}.UntrustedWan")
+    assert type(model.peft_config["default"].teacher_module).__name__ == "UntrustedWan" and marker.exists()
+    # The allow-list is the user's: nothing of it is written to the adapter's files.
+    model.save_pretrained(tmp_path / "resaved")
+    saved = (tmp_path / "resaved" / "adapter_config.json").read_text()
+    assert "trust_remote_code" not in saved and "other_pkg" not in saved
+
+
+def test_refusal_names_the_allow_list_and_bad_entries_are_named(tmp_path, monkeypatch):
+    module, marker = write_module(tmp_path / "mods", UNTRUSTED_TEACHER, monkeypatch)
+    with pytest.raises(ValueError, match=rf"trust_remote_code=True`, or allow-list it: .*{TRUSTED_TEACHERS_ENV}"):
+        load_teacher(str(tmp_path / "teacher"), f"{module}.UntrustedWan")
+    monkeypatch.setenv(TRUSTED_TEACHERS_ENV, "good_pkg, my-pkg")
+    with pytest.raises(ValueError, match=rf"{TRUSTED_TEACHERS_ENV} holds 'my-pkg', which is not a package prefix"):
+        load_teacher(str(tmp_path / "teacher"), f"{module}.UntrustedWan")
+    with pytest.raises(ValueError, match=r"`trust_teacher_classes` holds 'a..b'"):
+        peft_ckt.trust_teacher_classes("a..b")
+    assert not marker.exists()
+
+
+@pytest.mark.filterwarnings("ignore:Unexpected keyword arguments")
+def test_allow_listed_teacher_class_does_not_allow_pickle_weights(teacher, tmp_path, monkeypatch):
+    module, marker = write_module(tmp_path / "mods", UNTRUSTED_TEACHER, monkeypatch)
+    teacher_dir = tmp_path / "teacher"
+    teacher.save_pretrained(teacher_dir, safe_serialization=False)
+    adapter = saved_adapter(teacher, tmp_path / "adapter", teacher_dir, f"{module}.UntrustedWan")
+    monkeypatch.setenv(TRUSTED_TEACHERS_ENV, module)
+    with peft_ckt.trust_teacher_classes(module):
+        model = PeftModel.from_pretrained(tiny_cosmos_student(), str(adapter)).eval()
+        pickle_file = teacher_dir / "diffusion_pytorch_model.bin"
+        with pytest.raises(ValueError, match=rf"only pickle weights \({pickle_file}\)") as refused:
+            run(model)
+        assert "allow-list" not in str(refused.value)  # the allow-list is not the way to allow pickle
+        with pytest.raises(ValueError, match=r"only pickle weights"):
+            load_teacher(str(teacher_dir), f"{module}.UntrustedWan")
+        # Refused before the class's module was imported.
+        assert module not in sys.modules and not marker.exists()
+        # Pickle weights stay the user's explicit choice.
+        trusted = PeftModel.from_pretrained(tiny_cosmos_student(), str(adapter), trust_remote_code=True).eval()
+        expected = run(PeftModel.from_pretrained(tiny_cosmos_student(), str(adapter), teacher=teacher).eval())
+        assert torch.equal(run(trusted), expected)
+
+
 # --------------------------------------------------------------------------------------------- pickle weights
 def test_teacher_with_only_pickle_weights_is_refused(teacher, tmp_path):
     teacher_dir = tmp_path / "teacher"
@@ -207,6 +283,91 @@ def test_policy_adapter_with_untrusted_teacher_reference(teacher, tmp_path, monk
         check_policy_spec(adapter)
     check_policy_spec(adapter, trust_remote_code=True)
     assert not marker.exists()
+
+
+# A folder's own code behind `auto_map`: transformers imports it for `transformers.AutoModel`.
+AUTO_MAP_MODELING = """
+import pathlib
+pathlib.Path({marker!r}).write_text("ran")
+import numpy as np
+import torch
+from transformers import PretrainedConfig, PreTrainedModel
+
+
+class FolderConfig(PretrainedConfig):
+    model_type = "ckt_folder_code"
+
+
+class FolderPolicy(PreTrainedModel):
+    config_class = FolderConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.linear = torch.nn.Linear(2, 2)
+        self.post_init()
+
+    def reset(self):
+        pass
+
+    def select_action(self, observation):
+        return np.zeros(7, dtype=np.float32)
+"""
+
+AUTO_MAP_LOAD = textwrap.dedent(
+    """
+    import pathlib, sys
+    from peft_ckt.libero.policies import load_policy
+
+    folder, marker = sys.argv[1], pathlib.Path(sys.argv[2])
+    try:
+        load_policy(folder)
+        print("LOADED")
+    except Exception as err:
+        print("REFUSED", type(err).__name__, str(err).replace("\\n", " "))
+    print("RAN" if marker.exists() else "NOT RAN")
+    print("TRUSTED", type(load_policy(folder, trust_remote_code=True)).__name__)
+    """
+)
+
+
+def test_policy_folder_with_auto_map_code_is_refused_without_a_prompt(tmp_path):
+    from safetensors.torch import save_file
+
+    folder, marker = tmp_path / "policy", tmp_path / "folder_code_ran"
+    folder.mkdir()
+    (folder / "modeling_folder.py").write_text(AUTO_MAP_MODELING.format(marker=str(marker)))
+    auto_map = {"AutoConfig": "modeling_folder.FolderConfig", "AutoModel": "modeling_folder.FolderPolicy"}
+    config = {"policy_class": "transformers.AutoModel", "model_type": "ckt_folder_code", "auto_map": auto_map}
+    (folder / "config.json").write_text(json.dumps(config))
+    save_file({"linear.weight": torch.zeros(2, 2), "linear.bias": torch.zeros(2)}, folder / "model.safetensors")
+
+    # Refused by the package's own check, before anything is imported, in one line on the command line.
+    with pytest.raises(ValueError, match=r"has an `auto_map` into the folder's own code .*--trust-remote-code"):
+        check_policy_spec(folder)
+    from peft_ckt.commands import main
+
+    with pytest.raises(SystemExit, match=r"eval-libero: error: .*`auto_map`.*--trust-remote-code"):
+        main(["eval-libero", "--suite", "libero_object", "--policy", str(folder), "--output", str(tmp_path / "out")])
+
+    # A user who answers "y" on stdin has not opted in: nothing asks, nothing runs.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(peft_ckt.__file__).parents[1]), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, "-c", AUTO_MAP_LOAD, str(folder), str(marker)],
+        input="y\n",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert "Do you wish to run the custom code" not in output
+    assert "REFUSED ValueError" in proc.stdout and "`auto_map`" in proc.stdout, output[-3000:]
+    assert "NOT RAN" in proc.stdout
+    # Opted in: the folder's code runs (transformers is told `trust_remote_code=True`: no prompt either).
+    assert "TRUSTED FolderPolicy" in proc.stdout and marker.exists(), output[-3000:]
 
 
 # --------------------------------------------------------------------------------------------- Hub

@@ -9,11 +9,14 @@ DESCRIPTION = """Convert a CKT-WAM training checkpoint (checkpoint_XXXXXXXX.pt f
 peft-ckt adapter folder: adapter_model.safetensors + adapter_config.json, loadable with
 PeftModel.from_pretrained(student, OUT_DIR, teacher=teacher) and ready for `peft-ckt push`.
 
-Sizes are read from the tensors (their fused attention in_proj is split into our query/key/value projections);
-top-k, dropout and the load-balancing weight from the checkpoint's config. The file is read with
-torch.load(weights_only=True): anything but tensors and plain values is refused. Their training script does not
-freeze the student: when the checkpoint's 'student_trainable' is not empty the adapter alone does not reproduce
-it; a warning says so, and --write-student-trainable writes those tensors to student_trainable.safetensors."""
+Sizes are read from the tensors (their fused attention in_proj is split into our query/key/value projections,
+dropping the key bias, which cancels in the softmax); top-k, dropout and the load-balancing weight from the
+checkpoint's config. The file is read with torch.load(weights_only=True): anything but tensors and plain values is
+refused. A local --student folder is checked before anything is written: it must hold a model whose conditioning
+has the checkpoint's width. OUT_DIR is written all or nothing: a failure leaves an older OUT_DIR as it was. Their
+training script does not freeze the student: when the checkpoint's 'student_trainable' is not empty the adapter
+alone does not reproduce it; a warning says so, and --write-student-trainable writes those tensors to
+student_trainable.safetensors."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,12 +27,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("checkpoint", help="The CKT-WAM checkpoint_XXXXXXXX.pt.")
-    parser.add_argument("output_dir", help="Folder to write the adapter into (created if needed).")
+    parser.add_argument(
+        "output_dir",
+        help="Folder to write the adapter into (created if needed; replaced whole, all or nothing, other files kept).",
+    )
     parser.add_argument(
         "--teacher", required=True, help="Hub id or local folder of the teacher (stored in adapter_config.json)."
     )
     parser.add_argument(
-        "--student", required=True, help="Hub id or local folder of the student (the adapter's base model)."
+        "--student",
+        required=True,
+        help="Hub id or local folder of the student (the adapter's base model); a local folder must exist and its "
+        "conditioning must have the checkpoint's width d_s.",
     )
     parser.add_argument(
         "--teacher-class",
@@ -67,11 +76,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _usage_error(message: str) -> SystemExit:
+    """One line on stderr and exit status 2, as argparse's own errors; the message names the argument at fault."""
+    print(f"peft-ckt convert-upstream: error: {' '.join(message.split())}", file=sys.stderr)
+    return SystemExit(2)
+
+
 def run(args: argparse.Namespace) -> int:
     import warnings
 
     from ..upstream import (
-        UpstreamCheckpointError,
+        UpstreamConversionError,
         convert_upstream_checkpoint,
         load_upstream_checkpoint,
         save_converted,
@@ -92,8 +107,10 @@ def run(args: argparse.Namespace) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             written = save_converted(conversion, args.output_dir, args.student, args.write_student_trainable)
-    except (UpstreamCheckpointError, FileNotFoundError) as error:
-        raise SystemExit(f"peft-ckt convert-upstream: error: {error}") from error
+    except UpstreamConversionError as error:
+        raise _usage_error(str(error)) from None
+    except OSError as error:  # the output could not be written (the older output folder is left as it was)
+        raise _usage_error(f"output_dir {args.output_dir!r} could not be written: {error}") from None
     for warning in caught:  # loud: on stderr, framed, whatever the warning filters
         print(f"\n{'!' * 80}\nWARNING: {warning.message}\n{'!' * 80}\n", file=sys.stderr)
     config = conversion.config

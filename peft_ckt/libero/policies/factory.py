@@ -4,7 +4,9 @@ Saved policies follow LeRobot's folder convention: `config.json` (with `policy_c
 or `type`, a name registered with `register_policy`) and `model.safetensors`. `load_policy(PATH)` imports the class
 and calls its `from_pretrained(PATH)`; `load_policy("scripted")` gives the scripted expert. A folder is a file that
 may come from anywhere: a `policy_class` outside diffusers, transformers, peft_ckt and lerobot (and not registered) is imported
-only with `trust_remote_code=True`.
+only with `trust_remote_code=True`, and so is a diffusers/transformers class (e.g. `transformers.AutoModel`) whose
+folder's config has an `auto_map` into the folder's own code. Every diffusers/transformers `from_pretrained` is told
+`trust_remote_code` explicitly, so that transformers never asks on stdin whether to run such code.
 
 The built-in policy modules register themselves here on import; this module finds them by module name
 (`BUILTIN_POLICY_MODULES`, through importlib) so that it never imports them back.
@@ -39,6 +41,8 @@ def register_policy(name: str):
     return wrap
 
 
+# Packages whose `from_pretrained` reads `auto_map` and takes `trust_remote_code`.
+HF_PACKAGES = ("diffusers", "transformers")
 # How a user allows a policy folder (or an adapter's teacher reference) to name code outside the trusted packages.
 POLICY_OPT_IN = "`trust_remote_code=True` (`--trust-remote-code` on the command line)"
 
@@ -60,8 +64,9 @@ def _registered_class(dotted: str) -> type | None:
 
 def check_policy_spec(spec: str | os.PathLike, trust_remote_code: bool = False) -> None:
     """Refuses, without importing anything, a policy folder whose config.json names a `policy_class` outside the
-    trusted packages (diffusers, transformers, peft_ckt, lerobot) and not registered, or an adapter folder whose teacher
-    reference names such a class or has only pickle weights; allowed with `trust_remote_code=True`."""
+    trusted packages (diffusers, transformers, peft_ckt, lerobot) and not registered, or a diffusers/transformers
+    class with an `auto_map` into the folder's code, or an adapter folder whose teacher reference names such a class
+    or has only pickle weights; allowed with `trust_remote_code=True`."""
     from ...teacher import check_trusted_class_path
     from ...teacher_ref import TeacherRef
 
@@ -77,17 +82,27 @@ def check_policy_spec(spec: str | os.PathLike, trust_remote_code: bool = False) 
     config_file = path / "config.json"
     if not config_file.is_file():
         return
-    dotted = json.loads(config_file.read_text()).get("policy_class")
+    config = json.loads(config_file.read_text())
+    dotted = config.get("policy_class")
     if dotted and _registered_class(str(dotted)) is None:
         check_trusted_class_path(str(dotted), f"{config_file} (`policy_class`)", POLICY_OPT_IN)
+        auto_map = config.get("auto_map")
+        if auto_map and str(dotted).split(".", 1)[0] in HF_PACKAGES:
+            # A trusted Auto class would import and run the folder's own code named there.
+            raise ValueError(
+                f"{config_file} names the class {dotted!r} and has an `auto_map` into the folder's own code "
+                f"({auto_map}), which loading it would import and run: it was not loaded. If you trust its source, "
+                f"pass {POLICY_OPT_IN}."
+            )
 
 
 def load_policy(spec: str | os.PathLike, trust_remote_code: bool = False) -> LiberoPolicy:
     """`"scripted"` -> `ScriptedExpertPolicy()`; a folder -> the class named by its config.json, `from_pretrained`.
 
     A `policy_class` is imported only from the trusted packages (diffusers, transformers, peft_ckt, lerobot), or when that
-    class is registered already (`@register_policy`); any other dotted path, or an adapter whose teacher reference
-    names one or has only pickle weights, needs `trust_remote_code=True`.
+    class is registered already (`@register_policy`); any other dotted path, a diffusers/transformers class with an
+    `auto_map` into the folder's code, or an adapter whose teacher reference names one or has only pickle weights,
+    needs `trust_remote_code=True`, which a diffusers/transformers `from_pretrained` is always told explicitly.
     """
     if str(spec) == "scripted":
         from .expert import ScriptedExpertPolicy
@@ -118,7 +133,12 @@ def load_policy(spec: str | os.PathLike, trust_remote_code: bool = False) -> Lib
         )
     if not hasattr(cls, "from_pretrained"):
         raise TypeError(f"{cls.__module__}.{cls.__qualname__} has no from_pretrained(path)")
-    policy = cls.from_pretrained(path)
+    # Said explicitly to diffusers/transformers: left unset, transformers asks on stdin whether to run the folder's
+    # `auto_map` code, and a "y" (or a piped stdin) would run it without the user's opt-in.
+    from ...teacher import is_hf_class
+
+    kwargs = {"trust_remote_code": trust_remote_code} if isinstance(cls, type) and is_hf_class(cls) else {}
+    policy = cls.from_pretrained(path, **kwargs)
     for attr in ("reset", "select_action"):
         if not callable(getattr(policy, attr, None)):
             raise TypeError(f"{type(policy).__name__} lacks {attr}(); see peft_ckt.libero.policies.LiberoPolicy")
