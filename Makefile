@@ -29,8 +29,9 @@ test: install
 	$(VENV)/bin/ruff check peft_ckt tests examples benchmarks experiments integrations
 	$(PY) -m pytest -q -x tests
 
+# One seed of the pre-registered Q1 comparison (docs/protocol.md), labelled as such; QUICK=1: the same at toy counts.
 demo: install
-	$(PY) -m experiments.libero_transfer $(if $(QUICK),--quick) $(if $(ABLATIONS),--ablations)
+	$(PY) -m experiments.libero_transfer.experiment --demo $(if $(QUICK),--quick)
 
 # The pre-registered experiment (docs/protocol.md): ~9-10 h on 2 CPU cores, cached and resumable; rerun to resume.
 EXPERIMENT_OUTPUT ?= outputs/experiment

@@ -41,7 +41,7 @@ from .plan import (
 from .protocol import check_protocol
 
 logger = logging.getLogger(__name__)
-PHASES = ("primary", "controls", "cnn")
+PHASES = ("primary", "controls", "cnn", "official")
 
 # Toy counts that go through every stage in minutes (tests, `--tiny`): exploratory by construction.
 TINY: dict[str, Any] = {
@@ -69,6 +69,32 @@ TINY: dict[str, Any] = {
 }
 
 
+COMMITTED_REPORT = Path(__file__).resolve().parents[2] / "docs" / "results" / "experiment" / "report.json"
+# `make demo`: one seed of Q1's primary comparison (teacher, student, student+LoRA, student+CKT at pretraining seed 0
+# and adapter seed 0) on one test init state per task, labelled as one seed; ~30 min on 2 CPU cores.
+DEMO: dict[str, Any] = {"seeds": {"pretrain": [0], "adapter": [0]}, "data": {"test": {"inits": [40]}}}
+# `make demo QUICK=1`: the same code at toy counts (a few minutes).
+DEMO_QUICK: dict[str, Any] = {
+    **TINY,
+    "seeds": {"pretrain": [0], "adapter": [0], "controls_pretrain": [0]},
+    "data": {**TINY["data"], "test": {"tasks": [0], "inits": [40], "kinds": ["none", "camera"]}},
+}
+
+
+def demo_tuning(values: dict[str, Any]) -> dict[str, tuple[dict[str, Any], str]]:
+    """Each method's setting for the demo and where it comes from."""
+    question = values["question"]
+    if COMMITTED_REPORT.is_file():
+        tuning = json.loads(COMMITTED_REPORT.read_text())["questions"].get(question, {}).get("tuning", {})
+        layers = values["models"]["teacher"]["layers"]
+        fits = tuning.get("ckt", {}).get("chosen", {}).get("teacher_layer", layers) < layers  # not at toy sizes
+        if fits and all(tuning.get(m, {}).get("chosen") for m in ("ckt", "lora")):
+            source = f"chosen on validation by the committed experiment ({COMMITTED_REPORT.name})"
+            return {m: (tuning[m]["chosen"], source) for m in ("ckt", "lora")}
+    source = "the first registered candidate (no committed experiment tuning yet)"
+    return {m: (tuning_candidates(values, m)[0], source) for m in ("ckt", "lora")}
+
+
 class Experiment:
     """One run of the protocol's questions into `output` (cache under `output/cache`)."""
 
@@ -84,6 +110,7 @@ class Experiment:
         self.policies: dict[str, dict[str, str]] = {q: {} for q in questions}  # question -> {policy id: folder}
         self.tuning: dict[str, Any] = {}
         self.timing: dict[str, float] = {}
+        self.fixed_tuning: dict[str, dict[str, tuple[dict, str]]] | None = None
 
     # ------------------------------------------------------------------------------------------- stages
     def sets(self, question: str) -> dict[str, list[dict[str, Any]]]:
@@ -124,6 +151,11 @@ class Experiment:
         teacher, student = self.teacher(at), self.models[("student", question, at)][0]
         sets = self.sets(question)
         budget = stages.ckt_budget(values, teacher, student)
+        if self.fixed_tuning is not None:  # the demo: settings chosen by an earlier run's tuning, not tuned again
+            for method in ("ckt", "lora"):
+                chosen, source = self.fixed_tuning[question][method]
+                self.tuning[(question, method)] = {"chosen": chosen, "source": source, "budget": budget}
+            return
         for method in ("ckt", "lora"):
             chosen, scores = stages.tune(
                 values, self.cache, method, tuning_candidates(values, method), teacher, student, sets["target"],
@@ -213,6 +245,54 @@ class Experiment:
             for question in self.questions:
                 self.policies[question][policy_id("cnn", cnn=seed)] = str(folder)
 
+    def official(self) -> None:
+        """The untouched test on the primary rows (teacher, student, both adapters at every training)."""
+        values = next(iter(self.questions.values()))
+        self.official_tasks = stages.official_sample(values)
+
+    def official_rows(self, question: str) -> list[dict[str, Any]]:
+        if not getattr(self, "official_tasks", None):
+            return []
+        primary = {
+            pid: spec
+            for pid, spec in self.policies[question].items()
+            if pid.split("@")[0] in ("teacher", "student", "student+ckt", "student+lora")
+        }
+        return stages.official_rollouts(
+            self.questions[question],
+            primary,
+            self.official_tasks,
+            self.output / "official",
+            self.workers,
+            self.progress,
+        )
+
+    def inference_time(self, question: str) -> dict[str, Any]:
+        """Median seconds per action chunk of the student, student+LoRA and student+CKT at the first training, and
+        the ratio to the student's."""
+        from peft_ckt.wam.policy import observation_to_wam_batch  # noqa: F401  (the observation format it reads)
+
+        chosen = {}
+        for name in ("student", "student+lora", "student+ckt"):
+            ids = sorted(pid for pid in self.policies[question] if pid.split("@")[0] == name)
+            if ids:
+                chosen[name] = self.policies[question][ids[0]]
+        if "student" not in chosen:
+            return {}
+        episode = self.sets(question)["target"][0]
+        observation = {
+            "observation.images.image": episode["image"][0],
+            "observation.images.wrist_image": episode["wrist_image"][0],
+            "observation.state": episode["state"][0],
+            "task": episode["task"],
+        }
+        seconds = stages.inference_seconds(chosen, observation)
+        return {
+            "seconds_per_chunk": seconds,
+            "ratio_to_student": {name: value / seconds["student"] for name, value in seconds.items()},
+            "chunks": 50,
+        }
+
     # ------------------------------------------------------------------------------------------- report
     def report(self, statuses: dict[str, Any], phases_done: list[str], resamples: int | None = None) -> dict:
         report: dict[str, Any] = {
@@ -234,12 +314,43 @@ class Experiment:
             result["trainable_params"] = {
                 pid: record["trainable_params"] for (q, pid), (_, record) in self.adapters.items() if q == question
             }
+            official = self.official_rows(question)
+            if official:
+                result["official_liberoplus"] = {
+                    "tasks": self.official_tasks,
+                    "rows": official_table(official),
+                }
+            result["inference_time"] = self.inference_time(question)
             result["policies"] = self.policies[question]
             result["exploratory"] = statuses[question]["exploratory"]
             report["questions"][question] = result
         write_json(self.output / "report.json", report)
         write_text(self.output / "report.md", markdown(report))
         return report
+
+
+def official_table(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Successes on the official sample per policy (pooled over trainings) and per dimension; errors apart."""
+    from peft_ckt.libero.metrics import success_cell
+
+    from .analysis import split_id
+
+    out: dict[str, Any] = {}
+    for policy in dict.fromkeys(split_id(r["policy_id"])[0] for r in rows):
+        mine = [r for r in rows if split_id(r["policy_id"])[0] == policy]
+        played = [r for r in mine if "error" not in r]
+        out[policy] = {
+            "all": success_cell(sum(bool(r["success"]) for r in played), len(played)),
+            "by_dimension": {
+                d: success_cell(
+                    sum(bool(r["success"]) for r in played if r["dimension"] == d),
+                    sum(r["dimension"] == d for r in played),
+                )
+                for d in sorted({r["dimension"] for r in played})
+            },
+            "errors": len(mine) - len(played),
+        }
+    return out
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -270,6 +381,18 @@ def markdown(report: dict[str, Any]) -> str:
             ]
         if "manipulation_check" in result:
             lines += [f"Manipulation check: `{json.dumps(result['manipulation_check'])}`", ""]
+        if result.get("official_liberoplus"):
+            lines += ["Official LIBERO-Plus sample (untouched test, one episode per task and training):", ""]
+            for policy, row in result["official_liberoplus"]["rows"].items():
+                lines.append(f"- {policy}: {row['all']['successes']}/{row['all']['episodes']}")
+            lines.append("")
+        if result.get("inference_time"):
+            ratios = result["inference_time"]["ratio_to_student"]
+            lines += [
+                "Inference time per action chunk, ratio to the student: "
+                + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()),
+                "",
+            ]
         for name, comparison in result.get("secondary", {}).items():
             if comparison.get("episodes"):
                 lines.append(
@@ -289,8 +412,12 @@ def run_experiment(
     workers: int = 2,
     progress: bool = True,
     resamples: int | None = None,
+    demo: bool = False,
 ) -> dict[str, Any]:
-    """Runs (or resumes) the protocol's `phases` for `questions`; returns the report (also written to `output`)."""
+    """Runs (or resumes) the protocol's `phases` for `questions`; returns the report (also written to `output`).
+
+    `demo`: no tuning; each method's setting is the one the committed experiment chose (`COMMITTED_REPORT`), or,
+    before there is one, the first registered candidate; the report says which."""
     import peft_ckt  # noqa: F401
 
     values = {q: question_values(q, overrides) for q in questions}
@@ -303,8 +430,11 @@ def run_experiment(
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     run = Experiment(values, out, workers, progress)
+    if demo:
+        run.fixed_tuning = {q: demo_tuning(v) for q, v in values.items()}
     started = time.perf_counter()
-    run.pool = stages.collect(values, run.cache, workers, progress)
+    # The demo tunes nothing: it needs no validation demonstrations.
+    run.pool = stages.collect(values, run.cache, workers, progress, exclude=("validation",) if demo else ())
     run.timing["collect"] = time.perf_counter() - started
     done: list[str] = []
     report: dict[str, Any] = {}
@@ -328,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exploratory", action="store_true", help="Allow settings other than the registered ones.")
     parser.add_argument("--tiny", action="store_true", help="Toy counts through every stage (needs --exploratory).")
     parser.add_argument("--set", default=None, help="JSON merged into the registered values (needs --exploratory).")
+    parser.add_argument("--demo", action="store_true", help="`make demo`: one seed of Q1's primary comparison.")
+    parser.add_argument("--quick", action="store_true", help="With --demo: the same at toy counts.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     overrides: dict[str, Any] = {}
@@ -340,6 +472,16 @@ def main(argv: list[str] | None = None) -> int:
             _merge(overrides, json.loads(args.set))
         except json.JSONDecodeError as error:
             parser.error(f"--set is not JSON: {error}")
+    if args.quick and not args.demo:
+        parser.error("--quick goes with --demo")
+    if args.demo:
+        if overrides:
+            parser.error("--demo has its own settings: drop --tiny / --set")
+        # The demo is one seed of the registered Q1 comparison: exploratory by construction, labelled so.
+        overrides = json.loads(json.dumps(DEMO_QUICK if args.quick else DEMO))
+        args.exploratory, args.questions, args.phases = True, "Q1", "primary"
+        if args.output == parser.get_default("output"):
+            args.output = "outputs/demo-quick" if args.quick else "outputs/demo"
     if overrides and not args.exploratory:
         parser.error("--tiny and --set change the registered settings: add --exploratory")
     if args.workers < 1:
@@ -348,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
         report = run_experiment(
             [q.strip() for q in args.questions.split(",") if q.strip()], args.output,
             [p.strip() for p in args.phases.split(",") if p.strip()], args.exploratory, overrides, args.workers,
+            demo=args.demo,
         )  # fmt: skip
     except ValueError as error:
         parser.exit(2, f"error: {error}\n")

@@ -100,7 +100,9 @@ def demo_sets(values: dict[str, Any]) -> dict[str, DemoSet]:
     return sets
 
 
-def collection_groups(questions: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def collection_groups(
+    questions: dict[str, dict[str, Any]], exclude: tuple[str, ...] = ()
+) -> dict[str, dict[str, Any]]:
     """The demonstrations every question needs, collected once: one folder per (split, severity), holding the union of
     the (task, kind, init) episodes its sets ask for (the clean ones are shared between teacher, student and target).
     Returns `{folder name: {"split", "severity", "episodes"}}`; the name hashes its content."""
@@ -112,6 +114,8 @@ def collection_groups(questions: dict[str, dict[str, Any]]) -> dict[str, dict[st
             raise ValueError("the questions run together must share suite, image size, stride and episode seed")
         collection = key
         for demo_set in demo_sets(values).values():
+            if demo_set.name in exclude:
+                continue
             # A clean demonstration does not depend on the severity: keep one per (task, init).
             severity = 0 if demo_set.kinds == ("none",) else demo_set.severity
             groups.setdefault((demo_set.split, severity), set()).update(demo_set.episodes())

@@ -32,15 +32,18 @@ def digest(*parts: Any) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- collection
-def collect(questions: dict[str, dict[str, Any]], cache: Path, workers: int, progress: bool = True) -> dict:
-    """Every demonstration the questions need, once (`plan.collection_groups`); returns `{(split, severity): episodes}`."""
+def collect(
+    questions: dict[str, dict[str, Any]], cache: Path, workers: int, progress: bool = True, exclude: tuple = ()
+) -> dict:
+    """Every demonstration the questions need, once (`plan.collection_groups`; the sets named in `exclude` left
+    out); returns `{(split, severity): episodes}`."""
     from peft_ckt.libero.collect import CollectJob, collect_into
     from peft_ckt.libero.dataset import LeRobotDatasetWriter
     from peft_ckt.libero.env import CAMERAS
     from peft_ckt.wam.data import read_episodes
 
     values = next(iter(questions.values()))
-    groups = collection_groups(questions)
+    groups = collection_groups(questions, exclude)
     folders = {name: cache / "data" / name for name in groups}
     todo = [name for name, path in folders.items() if not (path / "meta" / "episodes.jsonl").is_file()]
     if todo:
@@ -75,7 +78,7 @@ def collect(questions: dict[str, dict[str, Any]], cache: Path, workers: int, pro
 def demos(pool: dict, demo_set: DemoSet) -> list[dict[str, Any]]:
     """A demonstration set's episodes from the collected pool."""
     severity = 0 if demo_set.kinds == ("none",) else demo_set.severity
-    return demo_set.select(pool[(demo_set.split, severity)])
+    return demo_set.select(pool.get((demo_set.split, severity), []))  # [] for a set left out of the collection
 
 
 def episodes_digest(episodes: list[dict[str, Any]]) -> str:
@@ -389,6 +392,115 @@ def rollouts(values, policies: dict[str, str], log_folder: Path, workers: int, p
     return out
 
 
+def official_sample(values) -> list[str]:
+    """The untouched test: a seeded sample of the official LIBERO-Plus tasks of the evaluated base tasks, in the
+    registered dimensions that run offline, drawn once (`official_liberoplus.sample_seed`), in benchmark order."""
+    import random
+
+    from peft_ckt.libero.liberoplus import configure_liberoplus, is_runnable, list_official_tasks
+    from peft_ckt.libero.suites import get_task
+
+    spec = values["official_liberoplus"]
+    paths = configure_liberoplus(None)
+    bases = [get_task(values["suite"], t).name for t in spec["base_tasks"]]
+    candidates = [
+        task
+        for task in list_official_tasks(values["suite"])
+        if task.dimension in spec["dimensions"]
+        and any(task.name == base or task.name.startswith(base + "_") for base in bases)
+        and is_runnable(task, paths.assets)
+    ]
+    if len(candidates) < spec["sample"]:
+        raise ValueError(f"only {len(candidates)} runnable official tasks to sample {spec['sample']} from")
+    chosen = random.Random(spec["sample_seed"]).sample(candidates, spec["sample"])
+    return [task.name for task in sorted(chosen, key=lambda t: t.index)]
+
+
+def official_rollouts(
+    values, policies: dict[str, str], tasks: list[str], log_folder: Path, workers: int, progress=True
+):
+    """Every policy on the sampled official tasks (one episode each, init state 0, the benchmark's seed), at the
+    image size the policies were trained at; resumable. An episode that raises is recorded as an error row."""
+    from peft_ckt.libero.liberoplus import OFFICIAL_SEED
+    from peft_ckt.libero.liberoplus_eval import OfficialEpisodeJob
+    from peft_ckt.libero.records import open_episode_log
+    from peft_ckt.libero.runner import run_episode_jobs
+
+    rollout = values["rollouts"]
+    config = {
+        "suite": values["suite"], "seed": OFFICIAL_SEED, "image_size": values["image_size"],
+        "max_steps": rollout["max_steps"], "n_action_steps": rollout["n_action_steps"],
+    }  # fmt: skip
+    log_folder.mkdir(parents=True, exist_ok=True)
+    recorded, log = open_episode_log(log_folder, config, "auto")
+    jobs = [
+        OfficialEpisodeJob(
+            suite=values["suite"],
+            task=task,
+            init_index=0,
+            policy=str(spec),
+            image_size=values["image_size"],
+            seed=OFFICIAL_SEED,
+            max_steps=rollout["max_steps"],
+            assets=None,
+            video_dir=None,
+            n_action_steps=rollout["n_action_steps"],
+        )  # fmt: skip
+        for spec in dict.fromkeys(str(s) for s in policies.values())
+        for task in tasks
+    ]
+
+    def job_key(job) -> tuple:
+        return os.path.realpath(job.policy), job.task
+
+    def row_key(row) -> tuple:
+        return os.path.realpath(row["policy"]), row["task"]
+
+    run = run_episode_jobs(
+        jobs, _official_row, log=log, recorded=recorded, job_key=job_key, row_key=row_key, num_workers=workers,
+        desc="official LIBERO-Plus sample", progress=progress,
+    )  # fmt: skip
+    out = []
+    for name, spec in policies.items():
+        path = os.path.realpath(spec)
+        out += [{**row, "policy_id": name} for row in run.rows if os.path.realpath(row["policy"]) == path]
+    return out
+
+
+def _official_row(job) -> dict[str, Any]:
+    from peft_ckt.libero.liberoplus_eval import run_official_episode_row
+
+    return {**run_official_episode_row(job), "policy": job.policy}
+
+
+@torch.no_grad()
+def inference_seconds(policies: dict[str, str], observation: dict[str, Any], chunks: int = 50) -> dict[str, float]:
+    """Median seconds per predicted action chunk of each policy (`{name: folder}`), one thread, on one observation:
+    for CKT, the teacher to its layer and the bank once per chunk, then the student's denoising steps."""
+    import statistics
+    import time
+
+    from peft_ckt.libero.policies import load_policy
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = {}
+        for name, spec in policies.items():
+            policy = load_policy(spec)
+            policy.reset()
+            policy.predict_action_chunk(observation)  # warm-up
+            times = []
+            for _ in range(chunks):
+                start = time.perf_counter()
+                policy.predict_action_chunk(observation)
+                times.append(time.perf_counter() - start)
+            out[name] = statistics.median(times)
+        return out
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _episode_row(job) -> dict[str, Any]:
     from dataclasses import asdict
 
@@ -403,6 +515,9 @@ __all__ = [
     "ckt_budget",
     "ckt_config",
     "collect",
+    "inference_seconds",
+    "official_rollouts",
+    "official_sample",
     "demos",
     "lora_config",
     "lora_rank_budget",

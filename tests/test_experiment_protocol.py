@@ -1,0 +1,193 @@
+"""The pre-registered experiment (`make experiment`): its plan from the registered values, split enforcement, the
+paired analysis on rows with known answers, the control policies, and one toy run through every stage in LIBERO."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import binomtest
+
+from experiments.libero_transfer.analysis import analyse, holm, policy_id
+from experiments.libero_transfer.plan import (
+    collection_groups,
+    demo_sets,
+    question_values,
+    trainings,
+    tuning_candidates,
+    wrong_instructions,
+)
+from experiments.libero_transfer.protocol import ProtocolMismatchError
+from peft_ckt.libero.splits import SplitViolationError
+
+
+def test_the_registered_plan_reads_each_split_for_its_purpose_and_collects_each_demonstration_once():
+    q1, q2 = question_values("Q1"), question_values("Q2")
+    sets = demo_sets(q1)
+    assert all(i in range(0, 30) for name in ("teacher_clean", "student", "target") for i in sets[name].inits)
+    assert sets["validation"].inits == (30, 31) and sets["validation"].split == "validation"
+    assert set(sets["teacher_perturbed"].kinds) == {"camera", "robot", "light", "background", "noise"}
+    assert sets["teacher_perturbed"].severity == 2 and sets["validation"].severity == 3
+    groups = collection_groups({"Q1": q1, "Q2": q2})
+    sizes = {g["split"] + str(g["severity"]): len(g["episodes"]) for g in groups.values()}
+    # Clean: 10 tasks x inits 0-2 (teacher) + Q1 student E x 3-4 + Q2 student 4-9 x 3-4 + target E x 5-7 = 62.
+    assert sizes == {"train0": 62, "train2": 100, "validation3": 64}
+    assert len(trainings(q1)) == 6 and len(trainings(q1, controls=True)) == 3
+    assert len(tuning_candidates(q1, "ckt")) == len(tuning_candidates(q1, "lora")) == 4
+
+
+def test_a_set_drawn_from_test_init_states_is_refused():
+    with pytest.raises(SplitViolationError, match="validation init states 30-39 only"):
+        demo_sets(question_values("Q1", {"data": {"validation": {"inits": [40, 41]}}}))
+    with pytest.raises(SplitViolationError, match="the target demonstrations"):
+        demo_sets(question_values("Q1", {"data": {"target": {"init_offset": 45}}}))
+
+
+def test_the_wrong_instruction_control_never_feeds_a_task_its_own_instruction():
+    instructions = {t: f"instruction {t}" for t in range(10)}
+    mapping = wrong_instructions(instructions, [0, 1, 2, 3])
+    assert sorted(mapping) == sorted(mapping.values()) == [f"instruction {t}" for t in range(4)]
+    assert all(source != target for source, target in mapping.items())
+
+
+def test_a_run_with_other_settings_is_refused_unless_exploratory(tmp_path):
+    from experiments.libero_transfer.experiment import main, run_experiment
+
+    with pytest.raises(ProtocolMismatchError, match="ckt.steps"):
+        run_experiment(["Q1"], tmp_path, overrides={"ckt": {"steps": 10}})
+    with pytest.raises(SystemExit):
+        main(["--tiny", "--output", str(tmp_path)])
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def _rows(policy, training, outcomes, kinds=("none", "camera")):
+    """One row per (task, init, kind) in a fixed order, successes from `outcomes`."""
+    keys = [(t, i, k) for t in (0, 1) for i in (40, 41) for k in kinds]
+    return [
+        {"policy_id": f"{policy}@{training}", "task_id": t, "init_index": i, "perturbation": k, "success": bool(s)}
+        for (t, i, k), s in zip(keys, outcomes)
+    ]
+
+
+def test_the_primary_comparison_pairs_trainings_and_gives_the_exact_mcnemar_p():
+    values = question_values("Q1")
+    rng = np.random.default_rng(0)
+    rows, first_only, second_only = [], 0, 0
+    for p in (0, 1):
+        rows += _rows("teacher", f"p{p}", [1] * 8) + _rows("student", f"p{p}", [0, 0] * 4)
+        for a in (0, 1, 2):
+            ckt, lora = rng.integers(0, 2, 8), rng.integers(0, 2, 8)
+            rows += _rows("student+ckt", f"p{p}a{a}", ckt) + _rows("student+lora", f"p{p}a{a}", lora)
+            perturbed = slice(1, None, 2)  # the "camera" rows
+            first_only += int(np.sum((ckt[perturbed] == 1) & (lora[perturbed] == 0)))
+            second_only += int(np.sum((ckt[perturbed] == 0) & (lora[perturbed] == 1)))
+    result = analyse(values, rows, resamples=200)
+    primary = result["primary"]
+    assert primary["episodes"] == 6 * 4  # Q1: the perturbed episodes only, 4 per training
+    assert (primary["first_only"], primary["second_only"]) == (first_only, second_only)
+    expected = 1.0 if first_only + second_only == 0 else binomtest(first_only, first_only + second_only).pvalue
+    assert primary["mcnemar_p"] == pytest.approx(expected)
+    assert primary["trainings"] == [f"p{p}a{a}" for p in (0, 1) for a in (0, 1, 2)]
+    # The student (one row per pretraining seed) pairs with each adapter training of its seed.
+    assert result["secondary"]["student+ckt vs student"]["episodes"] == 24
+    assert result["rows"]["student+ckt"]["num_trainings"] == 6
+    # No CNN row: the manipulation check cannot pass, and says so.
+    assert result["manipulation_check"]["passed"] is None
+
+
+def test_a_clear_lead_is_positive_and_no_headroom_is_inconclusive():
+    values = question_values("Q1")
+    rows = []
+    for a in (0, 1, 2):
+        # LoRA succeeds clean (it must, for the manipulation check) and fails every perturbed episode.
+        rows += _rows("student+ckt", f"p0a{a}", [1] * 8) + _rows("student+lora", f"p0a{a}", [1, 0] * 4)
+    rows += _rows("teacher", "p0", [1] * 8) + _rows("student", "p0", [0] * 8) + _rows("cnn", "c0", [1] * 8)
+    result = analyse(values, rows, resamples=200)
+    assert result["primary"]["mcnemar_p"] == pytest.approx(binomtest(12, 12).pvalue)
+    assert result["primary"]["bootstrap_ci95"] == [1.0, 1.0]
+    assert result["primary"]["decision"] == "positive"
+    assert result["primary"]["transfer_efficiency"] == 1.0
+    no_headroom = [r for r in rows if not r["policy_id"].startswith("teacher")] + _rows("teacher", "p0", [0] * 8)
+    assert analyse(values, no_headroom, resamples=200)["primary"]["decision"].startswith("inconclusive")
+
+
+def test_holm_adjusts_step_down():
+    assert holm({"a": 0.01, "b": 0.04, "c": 0.03}) == pytest.approx({"a": 0.03, "c": 0.06, "b": 0.06})
+
+
+def test_policy_ids():
+    assert policy_id("student+ckt", 1, 2) == "student+ckt@p1a2"
+    assert policy_id("teacher", 0) == "teacher@p0" and policy_id("cnn", cnn=2) == "cnn@c2"
+
+
+def test_control_folders_play_the_ckt_adapter_with_another_instruction_or_zeroed_features(tmp_path):
+    from peft import get_peft_model
+
+    from peft_ckt.libero.policies import load_policy
+    from peft_ckt.wam.data import ChunkDataset
+    from peft_ckt.wam.policy import write_control_policy
+    from tests.test_wam import INSTRUCTIONS, ckt_pair, fake_episodes
+
+    teacher, student, config = ckt_pair(tmp_path)
+    model = get_peft_model(student, config)
+    torch.manual_seed(0)
+    for p in model.parameters():  # a bank that is not at its (near-zero) initialisation
+        if p.requires_grad:
+            p.data.normal_(0, 0.3)
+    model.save_pretrained(tmp_path / "ckt")
+    batch = ChunkDataset(fake_episodes()).batch(torch.arange(1))
+    observation = {
+        "observation.images.image": batch["observation.images.image"][0].numpy(),
+        "observation.images.wrist_image": batch["observation.images.wrist_image"][0].numpy(),
+        "observation.state": batch["observation.state"][0].numpy(),
+        "task": INSTRUCTIONS[0],
+    }
+    other = {INSTRUCTIONS[0]: INSTRUCTIONS[1]}
+    write_control_policy(tmp_path / "wrong", tmp_path / "ckt", teacher_instructions=other)
+    write_control_policy(tmp_path / "zero", tmp_path / "ckt", zero_teacher_features=True)
+    assert json.loads((tmp_path / "wrong" / "config.json").read_text())["adapter"] == "../ckt"
+    real, wrong, zero = (load_policy(tmp_path / name) for name in ("ckt", "wrong", "zero"))
+    chunks = {}
+    for name, policy in (("real", real), ("wrong", wrong), ("zero", zero)):
+        policy.reset()
+        chunks[name] = policy.predict_action_chunk(observation)
+    assert not np.allclose(chunks["real"], chunks["wrong"]) and not np.allclose(chunks["real"], chunks["zero"])
+    # The controls change the teacher's side only: the context is the adapter's on the other task's instruction
+    # (the student still reads its own), or the bank run on zeros in the teacher features' shape.
+    from peft_ckt.wam.policy import observation_to_wam_batch
+
+    own, swapped = (observation_to_wam_batch({**observation, "task": t}) for t in INSTRUCTIONS)
+    torch.testing.assert_close(wrong._context(own).tokens, real._context(swapped).tokens)
+    features = real.model.extract_teacher_features(real._teacher().teacher_inputs(own))
+    expected = real.model.encode_features(torch.zeros_like(features)).tokens
+    torch.testing.assert_close(zero._context(own).tokens, expected)
+    with pytest.raises(ValueError, match="unknown control field"):
+        (tmp_path / "bad").mkdir()
+        (tmp_path / "bad" / "config.json").write_text(json.dumps({"type": "wam", "adapter": "../ckt", "zero": 1}))
+        load_policy(tmp_path / "bad")
+
+
+@pytest.mark.libero
+def test_a_toy_run_goes_through_every_stage_and_resumes_without_redoing_anything(tmp_path):
+    """Q1 at toy counts in LIBERO: collection, pretraining, the equal tuning, both adapters at two adapter seeds, the
+    rollouts and the report; a second run reuses every cached stage and plays no episode again."""
+    pytest.importorskip("libero")
+    from experiments.libero_transfer.experiment import TINY, run_experiment
+
+    overrides = json.loads(json.dumps(TINY))
+    overrides["data"]["test"]["kinds"] = ["camera"]
+    report = run_experiment(["Q1"], tmp_path, ["primary"], exploratory=True, overrides=overrides, progress=False)
+    assert report["exploratory"] and report["protocol"]["Q1"]["exploratory"]
+    q1 = report["questions"]["Q1"]
+    assert set(q1["rows"]) == {"teacher", "student", "student+ckt", "student+lora"}
+    assert q1["primary"]["episodes"] == 2 and q1["primary"]["trainings"] == ["p0a0", "p0a1"]
+    assert len(q1["tuning"]["ckt"]["scores"]) == len(q1["tuning"]["lora"]["scores"]) == 2
+    log = tmp_path / "rollouts" / "episodes.jsonl"
+    played = log.read_text().count("\n")
+    assert played == 6  # teacher, student and 2 x 2 adapters, one episode each
+    again = run_experiment(["Q1"], tmp_path, ["primary"], exploratory=True, overrides=overrides, progress=False)
+    assert log.read_text().count("\n") == played
+    assert again["questions"]["Q1"]["primary"] == q1["primary"]
+    assert (tmp_path / "report.md").read_text().startswith("# Pre-registered LIBERO transfer experiment")
