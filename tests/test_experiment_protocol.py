@@ -191,3 +191,23 @@ def test_a_toy_run_goes_through_every_stage_and_resumes_without_redoing_anything
     assert log.read_text().count("\n") == played
     assert again["questions"]["Q1"]["primary"] == q1["primary"]
     assert (tmp_path / "report.md").read_text().startswith("# Pre-registered LIBERO transfer experiment")
+
+
+def test_demo_flags_are_checked_before_anything_runs(tmp_path, capsys):
+    from experiments.libero_transfer.experiment import COMMITTED_REPORT, demo_tuning, main
+
+    for argv, message in (
+        (["--quick"], "--quick goes with --demo"),
+        (["--demo", "--tiny"], "--demo has its own settings"),
+        (["--workers", "0", "--exploratory"], "--workers must be >= 1"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*argv, "--output", str(tmp_path)])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    # Before a committed experiment exists, the demo takes the first registered candidate and says so.
+    chosen = demo_tuning(question_values("Q1"))
+    if COMMITTED_REPORT.is_file():
+        assert "committed experiment" in chosen["ckt"][1]
+    else:
+        assert chosen["ckt"][0] == tuning_candidates(question_values("Q1"), "ckt")[0]
+        assert "first registered candidate" in chosen["ckt"][1]
