@@ -634,7 +634,7 @@ def _resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
 
     shrink = height <= frame.shape[0] and width <= frame.shape[1]
     method = Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR
-    return np.asarray(Image.fromarray(frame).resize((width, height), method))
+    return np.array(Image.fromarray(frame).resize((width, height), method))  # a writable copy, as rendered frames are
 
 
 def runnable_summary(suite: str, assets: str | os.PathLike | None = None) -> dict[str, dict[str, int]]:
