@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .records import RecordLog
-from .workers import run_jobs
+from .workers import drop_cached_env, run_jobs
 
 __all__ = ["EpisodeError", "EvaluationRun", "episode_errors", "is_error", "run_episode_jobs"]
 
@@ -59,8 +59,6 @@ def _run_numbered(
     except Exception as err:  # noqa: BLE001 - any episode failure is recorded; Ctrl-C and exits still stop the run
         frame = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
         where = f"{frame.filename}:{frame.lineno} in {frame.name}" if frame else ""
-        from .workers import drop_cached_env
-
         # The env may be left mid-step by the exception: the next episode of this worker builds a fresh one.
         drop_cached_env()
         return number, EpisodeError(type(err).__name__, str(err), where)
