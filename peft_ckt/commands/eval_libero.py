@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
 
 from .libero_arguments import add_episode_arguments, check_episode_arguments, episode_kwargs, require_libero
@@ -21,12 +22,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     add_episode_arguments(
-        parser, output_help="output folder", episodes_help="episodes per task and perturbation (init states)"
+        parser,
+        output_help="output folder",
+        episodes_help="episodes per task and perturbation (init states)",
+        image_size_help="rendered image size in pixels (default: the policy's own, from its config.json; else 128, "
+        "with --benchmark libero-plus 256); the report says which size ran",
     )
     parser.add_argument(
         "--policy", default="scripted", help="'scripted' (privileged expert) or a policy folder with config.json"
     )
     parser.add_argument("--video", action="store_true", help="write an MP4 of every episode (agent view)")
+    parser.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="with --resume: run again the episodes recorded as errors (an episode that raised); by default they "
+        "are kept as recorded",
+    )
     parser.add_argument(
         "--n-action-steps",
         type=int,
@@ -67,7 +78,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=["perturbations", "libero-plus"],
         default="perturbations",
         help="perturbations: this package's seeded perturbations of the LIBERO tasks (--perturbation, --severity); "
-        "libero-plus: the benchmark's own 10,030 perturbed tasks, one episode each, 256 px, seed 7",
+        "libero-plus: the benchmark's own 10,030 perturbed tasks, one episode each, seed 7 (at the policy's own "
+        "image size; 256 px, the official size, for a policy that names none)",
     )
     official.add_argument(
         "--dimensions",
@@ -133,8 +145,27 @@ def check_backend_arguments(args: argparse.Namespace) -> dict:
     return {"backend": args.backend, "ray_address": args.ray_address, "ray_gpus_per_worker": args.ray_gpus_per_worker}
 
 
+def report_errors(results: dict, output: str) -> int:
+    """1 with one line per episode that raised (on stderr), 0 when none did: the command's exit status."""
+    from peft_ckt.libero.tables.libero import error_lines
+
+    errors = results["summary"].get("errors") or []
+    if not errors:
+        return 0
+    print(
+        f"eval-libero: {len(errors)} episode(s) ended in an error (recorded in {output}/episodes.jsonl, not counted "
+        "as failures; `--resume --retry-errors` runs them again):",
+        file=sys.stderr,
+    )
+    for line in error_lines(errors):
+        print(f"  {line}", file=sys.stderr)
+    return 1
+
+
 def run(args: argparse.Namespace) -> int:
     backend = check_backend_arguments(args)
+    if args.retry_errors and not args.resume:
+        raise SystemExit("eval-libero: error: --retry-errors needs --resume (it reruns the error rows of a run)")
     if args.benchmark == "libero-plus":
         return run_official(args, backend)
     given = [
@@ -168,14 +199,16 @@ def run(args: argparse.Namespace) -> int:
             video=args.video,
             trust_remote_code=args.trust_remote_code,
             n_action_steps=args.n_action_steps,
-            **episode_kwargs(args),
+            retry_errors=args.retry_errors,
+            # None: the policy's own size (evaluate_libero reads it from the policy folder).
+            **{**episode_kwargs(args), "image_size": args.image_size},
             **backend,
         )
     except LiberoConfigError as err:
         raise SystemExit(f"eval-libero: error: {flag_message(str(err))}") from err
     print(markdown_report(results))
     print(f"Wrote {args.output}/results.json, results.md, success_rates.png")
-    return 0
+    return report_errors(results, args.output)
 
 
 def run_official(args: argparse.Namespace, backend: dict) -> int:
@@ -239,7 +272,7 @@ def run_official(args: argparse.Namespace, backend: dict) -> int:
             episodes=1 if args.episodes is None else args.episodes,
             num_workers=args.workers,
             video=args.video,
-            image_size=256 if args.image_size is None else args.image_size,
+            image_size=args.image_size,  # None: the policy's own, else the official 256
             seed=7 if args.seed is None else args.seed,
             max_steps=args.max_steps,
             assets=args.assets,
@@ -247,10 +280,11 @@ def run_official(args: argparse.Namespace, backend: dict) -> int:
             progress=not args.no_progress,
             resume=args.resume,
             n_action_steps=args.n_action_steps,
+            retry_errors=args.retry_errors,
             **backend,
         )
     except LiberoConfigError as err:
         raise SystemExit(f"eval-libero: error: {flag_message(str(err))}") from err
     print(markdown_report_official(results))
     print(f"Wrote {args.output}/results.json, results.md, success_rates.png")
-    return 0
+    return report_errors(results, args.output)

@@ -15,7 +15,12 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 0,1,2; got {text!r}") from err
 
 
-def add_episode_arguments(parser: argparse.ArgumentParser, output_help: str, episodes_help: str) -> None:
+def add_episode_arguments(
+    parser: argparse.ArgumentParser,
+    output_help: str,
+    episodes_help: str,
+    image_size_help: str = "rendered image size in pixels (default 128)",
+) -> None:
     """Which episodes to run (suite, tasks, init states, perturbations), where, and how."""
     parser.add_argument("--suite", required=True, choices=SUITES)
     parser.add_argument("--tasks", type=int_list, default=None, help="task ids, e.g. 0,1,2 (default: all)")
@@ -28,9 +33,7 @@ def add_episode_arguments(parser: argparse.ArgumentParser, output_help: str, epi
     parser.add_argument("--severity", type=int, default=3, choices=[1, 2, 3, 4, 5], help="perturbation level")
     parser.add_argument("--output", required=True, help=output_help)
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count; 0: inline)")
-    parser.add_argument(
-        "--image-size", type=int, default=None, help="rendered image size in pixels (default 128; LIBERO-Plus: 256)"
-    )
+    parser.add_argument("--image-size", type=int, default=None, help=image_size_help)
     parser.add_argument("--seed", type=int, default=None, help="base seed (default 0; LIBERO-Plus: 7, official)")
     parser.add_argument("--max-steps", type=int, default=None, help="override the suite's step limit")
     parser.add_argument("--init-offset", type=int, default=0, help="first init state index")

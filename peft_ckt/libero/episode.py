@@ -13,7 +13,16 @@ import numpy as np
 from ..atomic import atomic_path
 from .workers import cached_policy
 
-__all__ = ["RenderPlan", "check_n_action_steps", "episode_policy", "play_episode", "policy_spec", "write_video"]
+__all__ = [
+    "ImageSize",
+    "RenderPlan",
+    "check_n_action_steps",
+    "choose_image_size",
+    "episode_policy",
+    "play_episode",
+    "policy_spec",
+    "write_video",
+]
 
 
 def check_n_action_steps(n_action_steps: int | None) -> None:
@@ -33,6 +42,46 @@ def _load_policy(spec: str, trust_remote_code: bool = False, n_action_steps: int
 def episode_policy(spec: str, trust_remote_code: bool = False, n_action_steps: int | None = None):
     """An episode's policy, loaded once per process (cached by its folder and its `n_action_steps` override)."""
     return cached_policy(f"{spec}|{n_action_steps}", lambda: _load_policy(spec, trust_remote_code, n_action_steps))
+
+
+@dataclass(frozen=True)
+class ImageSize:
+    """The size an evaluation renders at, and why: `source` is `"requested"` (given explicitly), `"policy"` (the
+    size in the policy's saved config) or `"default"` (the benchmark's, when the policy names none)."""
+
+    pixels: int
+    source: str
+    policy_pixels: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"pixels": self.pixels, "source": self.source, "policy_pixels": self.policy_pixels}
+
+    def describe(self) -> str:
+        """`32 px (the policy's own)`, `256 px (requested; the policy's own is 32 px)`..."""
+        if self.source == "policy":
+            why = "the policy's own"
+        elif self.source == "requested":
+            differs = self.policy_pixels is not None and self.policy_pixels != self.pixels
+            why = f"requested; the policy's own is {self.policy_pixels} px" if differs else "requested"
+        else:
+            why = "the benchmark's default; the policy names no size"
+        return f"{self.pixels} px ({why})"
+
+
+def choose_image_size(requested: int | None, spec: str, default: int) -> ImageSize:
+    """`requested` when given, else the size the policy folder `spec` was saved with, else `default`."""
+    from .policies import saved_image_size
+
+    policy_pixels = saved_image_size(spec)
+    if requested is not None:
+        if isinstance(requested, bool) or requested < 1:
+            raise ValueError(
+                f"image_size must be a positive number of pixels (or None: the policy's own); got {requested}"
+            )
+        return ImageSize(int(requested), "requested", policy_pixels)
+    if policy_pixels is not None:
+        return ImageSize(policy_pixels, "policy", policy_pixels)
+    return ImageSize(default, "default", None)
 
 
 @dataclass(frozen=True)

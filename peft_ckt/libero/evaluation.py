@@ -9,10 +9,18 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_json, write_text
-from .episode import RenderPlan, check_n_action_steps, episode_policy, play_episode, policy_spec, write_video
+from .episode import (
+    RenderPlan,
+    check_n_action_steps,
+    choose_image_size,
+    episode_policy,
+    play_episode,
+    policy_spec,
+    write_video,
+)
 from .perturbations import Perturbation, expand_perturbations
 from .records import open_episode_log
-from .runner import run_episode_jobs
+from .runner import EpisodeError, run_episode_jobs
 from .runtime import LiberoConfigError
 from .tables.libero import bar_chart, markdown_report, summarize
 from .workers import check_backend, episode_env
@@ -24,6 +32,7 @@ __all__ = [
     "bar_chart",
     "check_n_action_steps",
     "episode_policy",
+    "episode_error_row",
     "evaluate_libero",
     "markdown_report",
     "play_episode",
@@ -71,7 +80,6 @@ def run_episode(job: EpisodeJob) -> EpisodeResult:
 
     policy = episode_policy(job.policy, job.trust_remote_code, job.n_action_steps)
     plan = RenderPlan.of(policy)
-    image_size = getattr(policy, "image_size", None) or job.image_size
     env = episode_env(
         job.suite,
         job.task_id,
@@ -79,7 +87,7 @@ def run_episode(job: EpisodeJob) -> EpisodeResult:
         severity=job.severity,
         seed=job.seed,
         max_steps=job.max_steps,
-        image_size=image_size,
+        image_size=job.image_size,
         cameras=plan.cameras,
         render_images=plan.render_every_step,
         privileged=plan.privileged,
@@ -107,9 +115,34 @@ def run_episode(job: EpisodeJob) -> EpisodeResult:
 
 
 # ----------------------------------------------------------------------------- entry point
+# The render size when neither the caller nor the policy's saved config gives one.
+DEFAULT_IMAGE_SIZE = 128
+
+
 def run_episode_row(job: EpisodeJob) -> dict[str, Any]:
     """`run_episode` as the row the episode log stores (module level: sent to worker processes)."""
     return asdict(run_episode(job))
+
+
+def episode_error_row(job: EpisodeJob, error: EpisodeError) -> dict[str, Any]:
+    """The row of an episode that raised: which episode, and the error (neither a success nor a failure)."""
+    from .suites import get_task
+
+    task = get_task(job.suite, job.task_id)
+    return {
+        "suite": job.suite,
+        "task_id": job.task_id,
+        "task": task.name,
+        "instruction": task.language,
+        "init_index": job.init_index,
+        "perturbation": job.perturbation,
+        "severity": job.severity,
+        "success": None,
+        "steps": None,
+        "seconds": None,
+        "video": None,
+        "error": error.as_dict(),
+    }
 
 
 def evaluate_libero(
@@ -122,7 +155,7 @@ def evaluate_libero(
     severity: int = 3,
     num_workers: int | None = None,
     video: bool = False,
-    image_size: int = 128,
+    image_size: int | None = None,
     seed: int = 0,
     max_steps: int | None = None,
     init_offset: int = 0,
@@ -133,6 +166,7 @@ def evaluate_libero(
     ray_gpus_per_worker: float = 0.0,
     trust_remote_code: bool = False,
     n_action_steps: int | None = None,
+    retry_errors: bool = False,
 ) -> dict[str, Any]:
     """Run `episodes` episodes per task and perturbation (init states `init_offset..`), write the reports.
 
@@ -143,6 +177,12 @@ def evaluate_libero(
     `results.md`, `success_rates.png` and, with `video`, `videos/*.mp4`. Returns the content of results.json.
     A policy folder naming a class outside the trusted packages (see `load_policy`) needs `trust_remote_code=True`.
     `n_action_steps` overrides how many actions of each predicted chunk the policy plays before predicting again.
+    `image_size` (None: the size in the policy's saved config, else 128) is the render size; the report says which
+    ran and why (`summary["image_size"]`).
+
+    An episode that raises is recorded as an error row (`row["error"]`: type, message, where) and the others go on;
+    errors are counted apart (`summary["num_errors"]`, `summary["errors"]`), in no success rate. A resumed run keeps
+    them unless `retry_errors=True`.
     """
     from .suites import SUITE_MAX_STEPS, num_tasks
 
@@ -169,6 +209,7 @@ def evaluate_libero(
 
         check_policy_spec(spec, trust_remote_code)  # before any worker starts, nothing imported
         check_backend(backend, num_workers, ray_gpus_per_worker)
+        size = choose_image_size(image_size, spec, DEFAULT_IMAGE_SIZE)
     except (ValueError, FileNotFoundError) as err:
         raise LiberoConfigError(str(err)) from err
 
@@ -180,7 +221,7 @@ def evaluate_libero(
         "severity": severity,
         "policy": spec,
         "policy_name": "scripted expert" if spec == "scripted" else Path(spec).name,
-        "image_size": image_size,
+        "image_size": size.pixels,
         "seed": seed,
         "max_steps": max_steps or SUITE_MAX_STEPS[suite],
         "init_offset": init_offset,
@@ -203,7 +244,7 @@ def evaluate_libero(
             perturbation=kind,
             severity=severity,
             policy=spec,
-            image_size=image_size,
+            image_size=size.pixels,
             seed=seed,
             max_steps=max_steps,
             video_dir=str(video_dir) if video_dir else None,
@@ -227,11 +268,13 @@ def evaluate_libero(
         backend=backend,
         ray_address=ray_address,
         ray_gpus_per_worker=ray_gpus_per_worker,
+        error_row=episode_error_row,
+        retry_errors=retry_errors,
     )
     results = {
         "config": config,
         "episodes": run.rows,
-        "summary": summarize(run.rows),
+        "summary": {**summarize(run.rows), "image_size": size.as_dict()},
         "speed": run.speed(per_episode=True),
     }
     write_json(out / "results.json", results)

@@ -42,6 +42,9 @@ DIMENSIONS: dict[str, str] = {
     "layout": "Layout",
 }
 OFFICIAL_IMAGE_SIZE = 256
+# The wheel's noise functions assume frames of the benchmark's size: fog adds a 256 x 256 map and glass blur swaps
+# pixels up to row and column 223. A Noise task's agent view is rendered and noised at this size, then resized.
+NOISE_IMAGE_SIZE = OFFICIAL_IMAGE_SIZE
 OFFICIAL_SEED = 7
 OFFICIAL_SETTLE_STEPS = 10
 OFFICIAL_INIT_INDEX = 0
@@ -497,8 +500,11 @@ class LiberoPlusEnv(LiberoEnv):
 
     The wheel's env applies the task's perturbation itself: camera pose, robot start, light, background, layout
     and instruction come with the task, sensor noise is applied to the agent-view image as the wheel does it
-    (on the frame as rendered, before it is turned upright). Episodes start from the task's init state
-    `init_index` (the official protocol uses 0 only). `fast_render` defaults to off: the official images.
+    (on the frame as rendered, before it is turned upright). The noise functions only work on frames of the
+    benchmark's size, so a Noise task's agent view is rendered at `NOISE_IMAGE_SIZE`, noised there and resized to
+    `image_size` (area averaging down, bilinear up): any `image_size` sees the official noise. Episodes start from
+    the task's init state `init_index` (the official protocol uses 0 only). `fast_render` defaults to off: the
+    official images.
     """
 
     def __init__(
@@ -558,6 +564,8 @@ class LiberoPlusEnv(LiberoEnv):
         self._noise = int(self._env.noise)
         self._env.noise = 0
         self._start(seed, fast_render)
+        # The noise of frames only kept (videos) is drawn from a NumPy state of its own, see render().
+        self._record_noise_state = np.random.RandomState(seed).get_state()
         self.instruction = self._env.language_instruction
         self.init_index = None
         self.num_steps = 0
@@ -567,17 +575,37 @@ class LiberoPlusEnv(LiberoEnv):
         observation = super().reset(init_index, init_state)
         # The wheel's noise functions draw from NumPy's global generator: seed it per episode so that a
         # noise episode is the same whichever worker runs it and whatever ran before.
-        np.random.seed(episode_seed(self.seed, self.task.suite, self.task.name, self.init_index) % 2**32)
+        seed = episode_seed(self.seed, self.task.suite, self.task.name, self.init_index)
+        self._record_noise_state = np.random.RandomState([seed, 1]).get_state()
+        np.random.seed(seed % 2**32)
         self.instruction = self._env.language_instruction
         observation["task"] = self.instruction
         return observation
 
-    def render(self, camera: str = "image") -> np.ndarray:
+    def render(self, camera: str = "image", for_record: bool = False) -> np.ndarray:
+        """One camera upright, `[H, W, 3]` uint8, with the task's sensor noise on the agent view.
+
+        `for_record=True` for a frame that is only kept (a video): the wheel's noise draws from NumPy's global
+        generator, so such a frame draws from a state of its own and the policy's frames stay the same whether the
+        episode is recorded or not.
+        """
         height, width = self.image_size
-        frame = self.sim.render(width=width, height=height, camera_name=CAMERAS[camera])
-        if self._noise and camera == "image":
+        if not (self._noise and camera == "image"):
+            frame = self.sim.render(width=width, height=height, camera_name=CAMERAS[camera])
+            return np.ascontiguousarray(frame[::-1])
+        side = NOISE_IMAGE_SIZE
+        frame = self.sim.render(width=side, height=side, camera_name=CAMERAS[camera])
+        if for_record:
+            policy_state = np.random.get_state()
+            np.random.set_state(self._record_noise_state)
+            try:
+                frame = _apply_wheel_noise(frame, self._noise)
+            finally:
+                self._record_noise_state = np.random.get_state()
+                np.random.set_state(policy_state)
+        else:
             frame = _apply_wheel_noise(frame, self._noise)
-        return np.ascontiguousarray(frame[::-1])
+        return _resize(np.ascontiguousarray(frame[::-1]), height, width)
 
 
 def _apply_wheel_noise(frame: np.ndarray, noise: int) -> np.ndarray:
@@ -595,6 +623,18 @@ def _apply_wheel_noise(frame: np.ndarray, noise: int) -> np.ndarray:
         env_wrapper.glass_blur,
     )[kind]
     return np.asarray(function(image, severity=severity + 1)).astype(np.uint8)
+
+
+def _resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    """`[h, w, 3]` uint8 -> `[height, width, 3]`: area averaging when shrinking (every rendered pixel counts, as
+    a camera of that resolution would see it), bilinear when enlarging."""
+    if frame.shape[:2] == (height, width):
+        return frame
+    from PIL import Image
+
+    shrink = height <= frame.shape[0] and width <= frame.shape[1]
+    method = Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR
+    return np.array(Image.fromarray(frame).resize((width, height), method))  # a writable copy, as rendered frames are
 
 
 def runnable_summary(suite: str, assets: str | os.PathLike | None = None) -> dict[str, dict[str, int]]:

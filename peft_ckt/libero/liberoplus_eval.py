@@ -16,7 +16,15 @@ from typing import Any
 
 from ..atomic import write_json, write_text
 from .envs import LiberoPlusEnvConfig, make_env
-from .episode import RenderPlan, check_n_action_steps, episode_policy, play_episode, policy_spec, write_video
+from .episode import (
+    RenderPlan,
+    check_n_action_steps,
+    choose_image_size,
+    episode_policy,
+    play_episode,
+    policy_spec,
+    write_video,
+)
 from .liberoplus import (
     DIMENSIONS,
     OFFICIAL_IMAGE_SIZE,
@@ -30,7 +38,7 @@ from .liberoplus import (
     missing_files,
 )
 from .records import open_episode_log
-from .runner import run_episode_jobs
+from .runner import EpisodeError, run_episode_jobs
 from .runtime import LiberoConfigError
 from .tables.liberoplus import TOTAL_OVER_SUBSET, bar_chart_official, markdown_report_official, summarize_official
 from .workers import cached_env, check_backend
@@ -40,6 +48,7 @@ __all__ = [
     "OfficialEpisodeJob",
     "OfficialEpisodeResult",
     "evaluate_liberoplus",
+    "official_error_row",
     "load_task_classification",
     "markdown_report_official",
     "run_official_episode",
@@ -160,6 +169,25 @@ def run_official_episode_row(job: OfficialEpisodeJob) -> dict[str, Any]:
     return asdict(run_official_episode(job))
 
 
+def official_error_row(job: OfficialEpisodeJob, error: EpisodeError) -> dict[str, Any]:
+    """The row of an official episode that raised: which task and init state, and the error (neither a success
+    nor a failure)."""
+    task = get_official_task(job.suite, job.task)
+    return {
+        "suite": job.suite,
+        "task_index": task.index,
+        "task": task.name,
+        "dimension": task.dimension,
+        "instruction": task.language,
+        "init_index": job.init_index,
+        "success": None,
+        "steps": None,
+        "seconds": None,
+        "video": None,
+        "error": error.as_dict(),
+    }
+
+
 def evaluate_liberoplus(
     suite: str,
     output_dir: str | os.PathLike,
@@ -169,7 +197,7 @@ def evaluate_liberoplus(
     episodes: int = 1,
     num_workers: int | None = None,
     video: bool = False,
-    image_size: int = OFFICIAL_IMAGE_SIZE,
+    image_size: int | None = None,
     seed: int = OFFICIAL_SEED,
     max_steps: int | None = None,
     assets: str | os.PathLike | None = None,
@@ -180,6 +208,7 @@ def evaluate_liberoplus(
     ray_address: str | None = None,
     ray_gpus_per_worker: float = 0.0,
     n_action_steps: int | None = None,
+    retry_errors: bool = False,
 ) -> dict[str, Any]:
     """Run the official tasks of `suite` (all, or the first `limit_per_dimension` per dimension in the benchmark's
     order), `episodes` per task from init states 0.. (official: 1), and write the reports to `output_dir`.
@@ -187,6 +216,11 @@ def evaluate_liberoplus(
     Writes `episodes.jsonl` as episodes end (`resume=True` continues an interrupted run), then `results.json`
     (`summary`: the seven columns, the Total over what ran, not-runnable counts per column), `results.md` and
     `success_rates.png`. Returns the content of results.json.
+
+    `image_size` (None: the size in the policy's saved config, else the official 256) is the size the policy sees;
+    the sensor noise of the Noise tasks is applied at the benchmark's own resolution first (see `LiberoPlusEnv`).
+    An episode that raises is recorded as an error row and the others go on; errors are in no success rate
+    (`summary["num_errors"]`, `summary["errors"]`), and a resumed run keeps them unless `retry_errors=True`.
     """
     from .suites import SUITE_MAX_STEPS
 
@@ -207,6 +241,7 @@ def evaluate_liberoplus(
 
         check_policy_spec(spec, False)  # before any worker starts, nothing of the policy's imported
         check_backend(backend, num_workers, ray_gpus_per_worker)
+        size = choose_image_size(image_size, spec, OFFICIAL_IMAGE_SIZE)
         assets_path = str(Path(assets).expanduser().resolve()) if assets is not None else None
         levels = load_task_classification(task_classification) if task_classification is not None else None
     except (ValueError, FileNotFoundError) as err:
@@ -235,7 +270,7 @@ def evaluate_liberoplus(
         "episodes_per_task": episodes,
         "policy": spec,
         "policy_name": "scripted expert" if spec == "scripted" else Path(spec).name,
-        "image_size": image_size,
+        "image_size": size.pixels,
         "seed": seed,
         "settle_steps": OFFICIAL_SETTLE_STEPS,
         "max_steps": max_steps or SUITE_MAX_STEPS[suite],
@@ -256,7 +291,7 @@ def evaluate_liberoplus(
             task=task.name,
             init_index=OFFICIAL_INIT_INDEX + k,
             policy=spec,
-            image_size=image_size,
+            image_size=size.pixels,
             seed=seed,
             max_steps=max_steps,
             assets=assets_path,
@@ -279,12 +314,17 @@ def evaluate_liberoplus(
         backend=backend,
         ray_address=ray_address,
         ray_gpus_per_worker=ray_gpus_per_worker,
+        error_row=official_error_row,
+        retry_errors=retry_errors,
     )
     results = {
         "config": config,
         "episodes": run.rows,
         "not_runnable": [{"task": name, "missing": files} for name, files in missing.items() if files],
-        "summary": summarize_official(run.rows, selected, not_runnable, official, levels),
+        "summary": {
+            **summarize_official(run.rows, selected, not_runnable, official, levels),
+            "image_size": size.as_dict(),
+        },
         "speed": run.speed(),
     }
     write_json(out / "results.json", results)

@@ -20,6 +20,7 @@ from .factory import (
     check_policy_spec,
     load_policy,
     register_policy,
+    saved_image_size,
 )
 
 # Names whose module imports torch -> that module, imported on first access.
@@ -35,6 +36,7 @@ __all__ = [
     "load_policy",
     "observation_to_batch",
     "register_policy",
+    "saved_image_size",
     *_LAZY,
 ]
 

@@ -30,7 +30,8 @@ class LiberoPolicy:
         needs_images: the environment must render camera images every step (False: physics only, much faster).
         needs_privileged: the observation must carry simulator state under `privileged` (scripted experts only).
         image_keys: cameras to render, among `image` (agent view) and `wrist_image`.
-        image_size: preferred render size (None: the caller's).
+        image_size: the size the policy was trained at (None: any). The evaluators read it from the folder's saved
+            config.json (`saved_image_size`) to choose their default render size, so a saved policy stores it there.
         n_action_steps: actions played from each predicted chunk before predicting again.
     """
 

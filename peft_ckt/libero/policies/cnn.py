@@ -39,9 +39,13 @@ class _CameraEncoder(nn.Module):
             nn.GELU(),
         )
         side = -(-image_size // 8)
+        self.image_size = image_size
         self.proj = nn.Linear(64 * side * side, feature_dim)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[-2:] != (self.image_size, self.image_size):
+            # Rendered at another size (an explicit --image-size): the projection is sized for the trained one.
+            images = nn.functional.interpolate(images, size=(self.image_size, self.image_size), mode="area")
         return self.proj(self.convs(images).flatten(1))
 
 

@@ -96,6 +96,27 @@ def check_policy_spec(spec: str | os.PathLike, trust_remote_code: bool = False) 
             )
 
 
+def saved_image_size(spec: str | os.PathLike) -> int | None:
+    """The image size a policy folder was saved with (`image_size` in its config.json; for a peft adapter folder,
+    in its local base model's), read without importing anything; None when it names none (or for `"scripted"`)."""
+    if str(spec) == "scripted":
+        return None
+    path = Path(spec)
+    adapter_config = path / "adapter_config.json"
+    if adapter_config.is_file():
+        base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+        if not base or not Path(base).is_dir():
+            return None  # a Hub id: its config is not read here
+        path = Path(base)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        return None
+    size = json.loads(config_file.read_text()).get("image_size")
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return size
+    return None
+
+
 def load_policy(spec: str | os.PathLike, trust_remote_code: bool = False) -> LiberoPolicy:
     """`"scripted"` -> `ScriptedExpertPolicy()`; a folder -> the class named by its config.json, `from_pretrained`.
 

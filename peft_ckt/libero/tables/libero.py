@@ -7,27 +7,41 @@ import os
 from typing import Any
 
 from ...atomic import atomic_path
+from ..episode import ImageSize
 from ..metrics import percent, success_rate
 from ..perturbations import LIBERO_PLUS_COLUMNS, PERTURBATIONS
+from ..runner import episode_errors, is_error
 
-__all__ = ["bar_chart", "markdown_report", "summarize"]
+__all__ = ["bar_chart", "error_lines", "errors_paragraph", "image_size_text", "markdown_report", "summarize"]
 
 
-def summarize(episodes: list[dict[str, Any]]) -> dict[str, Any]:
-    """Success rates overall, by task, by perturbation, and in the LIBERO-Plus columns."""
+def _error_entry(row: dict[str, Any], *names: str) -> dict[str, Any]:
+    return {**{name: row.get(name) for name in names}, **row["error"]}
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Success rates overall, by task, by perturbation, and in the LIBERO-Plus columns.
+
+    Episodes that raised (error rows) are neither successes nor failures: they are left out of every rate and
+    counted apart (`num_errors`, `errors`, and `errors` per task and perturbation).
+    """
+    errors = episode_errors(rows)
+    episodes = [e for e in rows if not is_error(e)]
     by_task: dict[str, dict[str, Any]] = {}
-    for name in dict.fromkeys(e["task"] for e in episodes):
+    for name in dict.fromkeys(e["task"] for e in rows):
         subset = [e for e in episodes if e["task"] == name]
         by_task[name] = {
-            "task_id": subset[0]["task_id"],
+            "task_id": next(e["task_id"] for e in rows if e["task"] == name),
             "success_rate": success_rate(subset),
             "episodes": len(subset),
+            "errors": sum(e["task"] == name for e in errors),
         }
     by_perturbation: dict[str, dict[str, Any]] = {}
     for kind in ["none", *PERTURBATIONS]:
         subset = [e for e in episodes if e["perturbation"] == kind]
-        if subset:
-            by_perturbation[kind] = {"success_rate": success_rate(subset), "episodes": len(subset)}
+        failed = sum(e["perturbation"] == kind for e in errors)
+        if subset or failed:
+            by_perturbation[kind] = {"success_rate": success_rate(subset), "episodes": len(subset), "errors": failed}
     perturbed = [e for e in episodes if e["perturbation"] != "none"]
     libero_plus: dict[str, float | None] = {"Original": by_perturbation.get("none", {}).get("success_rate")}
     for kind, column in LIBERO_PLUS_COLUMNS.items():
@@ -38,10 +52,40 @@ def summarize(episodes: list[dict[str, Any]]) -> dict[str, Any]:
         "success_rate": success_rate(episodes),
         "num_episodes": len(episodes),
         "num_successes": int(sum(e["success"] for e in episodes)),
+        "num_errors": len(errors),
+        "errors": [
+            _error_entry(e, "suite", "task_id", "task", "init_index", "perturbation", "severity") for e in errors
+        ],
         "by_task": by_task,
         "by_perturbation": by_perturbation,
         "libero_plus": libero_plus,
     }
+
+
+def error_lines(errors: list[dict[str, Any]]) -> list[str]:
+    """One line per episode that raised: which episode, then `Type: message` (its message on one line)."""
+    lines = []
+    for error in errors:
+        if "task_id" in error:
+            episode = f"task {error['task_id']} ({error['task']}), init {error['init_index']}, {error['perturbation']}"
+        else:
+            episode = f"task {error['task_index']} ({error['task']}), init {error['init_index']}"
+        message = " ".join(str(error["message"]).split())
+        lines.append(f"{episode}: {error['type']}: {message[:500]}" + ("..." if len(message) > 500 else ""))
+    return lines
+
+
+def errors_paragraph(summary: dict[str, Any]) -> list[str]:
+    """The report's lines on episodes that raised (none when none did)."""
+    if not summary.get("num_errors"):
+        return []
+    return [
+        "",
+        f"{summary['num_errors']} episode(s) ended in an error: not counted as failures nor in any success rate "
+        "(`--resume --retry-errors` runs them again):",
+        "",
+        *(f"- {line}" for line in error_lines(summary["errors"])),
+    ]
 
 
 def markdown_report(results: dict[str, Any]) -> str:
@@ -50,21 +94,26 @@ def markdown_report(results: dict[str, Any]) -> str:
     columns = list(summary["libero_plus"])
     if summary["libero_plus"]["Original"] is None:
         columns.remove("Original")
+    with_errors = bool(summary.get("num_errors"))
     lines = [
         f"# LIBERO evaluation: {config['suite']}",
         "",
-        f"Policy `{config['policy']}`, {summary['num_episodes']} episodes, severity {config['severity']}, "
-        f"seed {config['seed']}. Success rate in %.",
+        f"Policy `{config['policy']}`, {summary['num_episodes']} episodes, {image_size_text(results)}, "
+        f"severity {config['severity']}, seed {config['seed']}. Success rate in %.",
         "",
         "| Policy | " + " | ".join(columns) + " |",
         "|---|" + "---:|" * len(columns),
         f"| {config['policy_name']} | " + " | ".join(percent(summary["libero_plus"][c]) for c in columns) + " |",
         "",
-        "| Task | Episodes | Success |",
-        "|---|---:|---:|",
+        "| Task | Episodes | Success |" + (" Errors |" if with_errors else ""),
+        "|---|---:|---:|" + ("---:|" if with_errors else ""),
     ]
     for name, row in summary["by_task"].items():
-        lines.append(f"| {row['task_id']}: {name} | {row['episodes']} | {percent(row['success_rate'])} |")
+        lines.append(
+            f"| {row['task_id']}: {name} | {row['episodes']} | {percent(row['success_rate'])} |"
+            + (f" {row.get('errors', 0)} |" if with_errors else "")
+        )
+    lines += errors_paragraph(summary)
     speed = results.get("speed", {})
     if speed.get("steps_per_second") and speed.get("episode_steps_per_second"):
         lines += [
@@ -76,6 +125,14 @@ def markdown_report(results: dict[str, Any]) -> str:
     if speed.get("episodes_resumed"):
         lines += ["", f"{speed['episodes_resumed']} episode(s) resumed from an interrupted run's episodes.jsonl."]
     return "\n".join(lines) + "\n"
+
+
+def image_size_text(results: dict[str, Any]) -> str:
+    """`32 px (the policy's own)` from the summary, or the configured size of a report written before it said why."""
+    chosen = results["summary"].get("image_size")
+    if chosen is None:
+        return f"{results['config']['image_size']} px"
+    return ImageSize(chosen["pixels"], chosen["source"], chosen.get("policy_pixels")).describe()
 
 
 def bar_chart(results: dict[str, Any], path: str | os.PathLike) -> None:
@@ -96,7 +153,7 @@ def bar_chart(results: dict[str, Any], path: str | os.PathLike) -> None:
         (
             axes[1],
             [str(r["task_id"]) for r in tasks.values()],
-            [100 * r["success_rate"] for r in tasks.values()],
+            [100 * (r["success_rate"] or 0.0) for r in tasks.values()],  # None: only errors ran
             "By task",
         ),
     ):

@@ -9,6 +9,8 @@ from typing import Any
 from ...atomic import atomic_path
 from ..liberoplus import DIMENSIONS
 from ..metrics import percent, success_rate
+from ..runner import episode_errors, is_error
+from .libero import errors_paragraph, image_size_text
 
 __all__ = ["TOTAL_OVER_SUBSET", "bar_chart_official", "markdown_report_official", "summarize_official"]
 
@@ -16,7 +18,7 @@ TOTAL_OVER_SUBSET = "Total (runnable subset)"
 
 
 def summarize_official(
-    episodes: list[dict[str, Any]],
+    rows: list[dict[str, Any]],
     selected: dict[str, int],
     not_runnable: dict[str, int],
     official: dict[str, int],
@@ -26,16 +28,20 @@ def summarize_official(
 
     `selected` / `not_runnable` / `official`: per column, the tasks chosen, those of them not runnable offline, and
     the suite's official task count. A column is complete when every official task of it ran.
+    Episodes that raised (error rows) are in no rate and no task count: `errors` per column, `num_errors`, `errors`.
     """
+    errors = episode_errors(rows)
+    episodes = [e for e in rows if not is_error(e)]
     columns: dict[str, float | None] = {}
     detail: dict[str, dict[str, Any]] = {}
     for dimension, column in DIMENSIONS.items():
-        rows = [e for e in episodes if e["dimension"] == dimension]
-        columns[column] = success_rate(rows)
-        ran_tasks = len({e["task"] for e in rows})
+        ran = [e for e in episodes if e["dimension"] == dimension]
+        columns[column] = success_rate(ran)
+        ran_tasks = len({e["task"] for e in ran})
         detail[column] = {
             "success_rate": columns[column],
-            "episodes": len(rows),
+            "episodes": len(ran),
+            "errors": sum(e["dimension"] == dimension for e in errors),
             "tasks_selected": selected.get(column, 0),
             "tasks_run": ran_tasks,
             "not_runnable": not_runnable.get(column, 0),
@@ -54,16 +60,21 @@ def summarize_official(
         "num_episodes": len(episodes),
         "num_successes": int(sum(e["success"] for e in episodes)),
         "num_not_runnable": int(sum(not_runnable.values())),
+        "num_errors": len(errors),
+        "errors": [
+            {**{k: e.get(k) for k in ("suite", "task_index", "task", "dimension", "init_index")}, **e["error"]}
+            for e in errors
+        ],
     }
     if levels is not None:
         by_level: dict[str, dict[str, Any]] = {}
         for level in sorted({levels[e["task"]] for e in episodes if e["task"] in levels}):
-            rows = [e for e in episodes if levels.get(e["task"]) == level]
+            of_level = [e for e in episodes if levels.get(e["task"]) == level]
             by_level[level] = {
-                DIMENSIONS[d]: success_rate([e for e in rows if e["dimension"] == d]) for d in DIMENSIONS
+                DIMENSIONS[d]: success_rate([e for e in of_level if e["dimension"] == d]) for d in DIMENSIONS
             } | {
-                "Total": success_rate(rows),
-                "episodes": len(rows),
+                "Total": success_rate(of_level),
+                "episodes": len(of_level),
             }
         summary["by_level"] = by_level
         summary["unclassified_episodes"] = sum(e["task"] not in levels for e in episodes)
@@ -74,11 +85,12 @@ def markdown_report_official(results: dict[str, Any]) -> str:
     summary, config = results["summary"], results["config"]
     columns = list(DIMENSIONS.values())
     total_label = summary["total_label"]
+    with_errors = bool(summary.get("num_errors"))
     lines = [
         f"# Official LIBERO-Plus tasks: {config['suite']}",
         "",
         f"Policy `{config['policy']}`, {summary['num_episodes']} episodes ({config['episodes_per_task']} per task), "
-        f"{config['image_size']} px, seed {config['seed']}, {config['settle_steps']} settle steps, "
+        f"{image_size_text(results)}, seed {config['seed']}, {config['settle_steps']} settle steps, "
         f"{config['max_steps']} steps at most. Success rate in %.",
         "",
         "| Policy | " + " | ".join(columns) + f" | {total_label} |",
@@ -87,13 +99,14 @@ def markdown_report_official(results: dict[str, Any]) -> str:
         + " | ".join(percent(summary[c]) for c in columns)
         + f" | {percent(summary['Total'])} |",
         "",
-        "| Column | Tasks run | Not runnable offline | Official tasks | Complete |",
-        "|---|---:|---:|---:|---|",
+        "| Column | Tasks run | Not runnable offline | Official tasks | Complete |"
+        + (" Errors |" if with_errors else ""),
+        "|---|---:|---:|---:|---|" + ("---:|" if with_errors else ""),
     ]
     for column, row in summary["columns"].items():
         lines.append(
             f"| {column} | {row['tasks_run']} | {row['not_runnable']} | {row['official_tasks']} | "
-            f"{'yes' if row['complete'] else 'no'} |"
+            f"{'yes' if row['complete'] else 'no'} |" + (f" {row.get('errors', 0)} |" if with_errors else "")
         )
     if not summary["complete"]:
         lines += [
@@ -103,6 +116,7 @@ def markdown_report_official(results: dict[str, Any]) -> str:
             f"{summary['num_not_runnable']} selected task(s) need files that are not installed (the benchmark's "
             "assets: --assets PATH).",
         ]
+    lines += errors_paragraph(summary)
     if "by_level" in summary:
         lines += ["", "| Level | " + " | ".join(columns) + " | Total | Episodes |", "|---|" + "---:|" * 9]
         for level, row in summary["by_level"].items():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .process import BACKENDS, check_backend, default_num_workers, run_jobs
 from .ray import RAY_INSTALL_HINT, ray_import_error, run_jobs_ray
-from .state import cached_env, cached_policy, close_cached, episode_env, init_worker
+from .state import cached_env, cached_policy, close_cached, drop_cached_env, episode_env, init_worker
 
 __all__ = [
     "BACKENDS",
@@ -19,6 +19,7 @@ __all__ = [
     "check_backend",
     "close_cached",
     "default_num_workers",
+    "drop_cached_env",
     "episode_env",
     "init_worker",
     "ray_import_error",

@@ -69,6 +69,14 @@ def episode_env(
     return env
 
 
+def drop_cached_env() -> None:
+    """Close this worker's environment (an episode raised in it): the next episode builds a fresh one."""
+    env = _ENV_CACHE.pop("env", None)
+    _ENV_CACHE.clear()
+    if env is not None:
+        env.close()
+
+
 def close_cached() -> None:
     """Close this worker's environment and forget its policy (at the end of a run, or of an inline run)."""
     env = _ENV_CACHE.pop("env", None)
