@@ -211,3 +211,14 @@ def test_demo_flags_are_checked_before_anything_runs(tmp_path, capsys):
     else:
         assert chosen["ckt"][0] == tuning_candidates(question_values("Q1"), "ckt")[0]
         assert "first registered candidate" in chosen["ckt"][1]
+
+
+def test_an_episode_that_raised_is_neither_a_success_nor_a_failure_and_leaves_its_pair_out():
+    values = question_values("Q1")
+    rows = _rows("student+ckt", "p0a0", [1] * 8) + _rows("student+lora", "p0a0", [0] * 8)
+    broken = next(r for r in rows if r["policy_id"].startswith("student+lora") and r["perturbation"] == "camera")
+    broken.update(success=None, error={"type": "IndexError", "message": "index 223 is out of bounds"})
+    result = analyse(values, rows, resamples=50)
+    assert result["primary"]["episodes"] == 3 and result["primary"]["pairs_with_errors"] == 1
+    lora = result["rows"]["student+lora"]["pooled"]
+    assert lora["errors"] == 1 and lora["perturbed"]["episodes"] == 3 and lora["all"]["episodes"] == 7

@@ -2,6 +2,8 @@
 
 Rows are episodes with `policy_id` (`"student+ckt@p0a1"`: policy, pretraining seed p, adapter seed a; the teacher
 and the student have `@p0` only, the CNN reference `@c0`), `task_id`, `init_index`, `perturbation`, `success`.
+An episode that raised (`"error"` in its row, `success: None`) is neither a success nor a failure: it is left out of
+every rate and of every pair it would be part of, and counted apart (`errors`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ def split_id(pid: str) -> tuple[str, str]:
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Counts (with Wilson intervals) perturbed, clean, per kind and per task."""
+    """Counts (with Wilson intervals) perturbed, clean, per kind and per task; episodes that raised apart."""
+    errors = [r for r in rows if r.get("error")]
+    rows = [r for r in rows if not r.get("error")]
 
     def cell(subset):
         return success_cell(sum(bool(r["success"]) for r in subset), len(subset))
@@ -45,6 +49,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "clean": cell([r for r in rows if r["perturbation"] == "none"]),
         "by_perturbation": {k: cell([r for r in rows if r["perturbation"] == k]) for k in kinds},
         "by_task": {str(t): cell([r for r in rows if r["task_id"] == t]) for t in tasks},
+        "errors": len(errors),
     }
 
 
@@ -93,9 +98,18 @@ def paired(rows, first: str, second: str, perturbed_only: bool, resamples: int, 
     first_rows = [r for r in first_rows if r["training"] in {s["training"] for s in second_rows}]
     if not first_rows:
         return {"first": first, "second": second, "episodes": 0}
+    # A pair with an episode that raised on either side is dropped (and counted): it has no outcome to compare.
+    errored = {tuple(r[k] for k in KEY) for r in first_rows + second_rows if r.get("error")}
+    first_rows = [r for r in first_rows if tuple(r[k] for k in KEY) not in errored]
+    second_rows = [r for r in second_rows if tuple(r[k] for k in KEY) not in errored]
     pairs = match_episodes(first_rows, second_rows, KEY)
     result = paired_comparison(pairs, cluster_levels=(0, (1, 2)), num_resamples=resamples, seed=seed)
-    result.update(first_policy=first, second_policy=second, trainings=sorted({p[0][0] for p in pairs}))
+    result.update(
+        first_policy=first,
+        second_policy=second,
+        trainings=sorted({p[0][0] for p in pairs}),
+        pairs_with_errors=len(errored),
+    )
     discordance = (result["first_only"] + result["second_only"]) / result["episodes"]
     result["minimum_detectable_difference"] = (
         round(paired_minimum_detectable_difference(result["episodes"], discordance), 4) if discordance > 0 else None

@@ -381,7 +381,7 @@ def rollouts(values, policies: dict[str, str], log_folder: Path, workers: int, p
 
     run = run_episode_jobs(
         jobs, _episode_row, log=log, recorded=recorded, job_key=job_key, row_key=row_key, num_workers=workers,
-        desc="rollouts", progress=progress,
+        desc="rollouts", progress=progress, error_row=_error_row,
     )  # fmt: skip
     wanted = {job_key(job) for job in jobs}
     rows = [row for row in run.rows if row_key(row) in wanted]
@@ -458,13 +458,26 @@ def official_rollouts(
 
     run = run_episode_jobs(
         jobs, _official_row, log=log, recorded=recorded, job_key=job_key, row_key=row_key, num_workers=workers,
-        desc="official LIBERO-Plus sample", progress=progress,
+        desc="official LIBERO-Plus sample", progress=progress, error_row=_official_error_row,
     )  # fmt: skip
     out = []
     for name, spec in policies.items():
         path = os.path.realpath(spec)
         out += [{**row, "policy_id": name} for row in run.rows if os.path.realpath(row["policy"]) == path]
     return out
+
+
+def _error_row(job, error) -> dict[str, Any]:
+    # An episode that raised is recorded (neither success nor failure) and the run goes on; the analysis counts it.
+    from peft_ckt.libero.evaluation import episode_error_row
+
+    return {**episode_error_row(job, error), "policy": job.policy}
+
+
+def _official_error_row(job, error) -> dict[str, Any]:
+    from peft_ckt.libero.liberoplus_eval import official_error_row
+
+    return {**official_error_row(job, error), "policy": job.policy}
 
 
 def _official_row(job) -> dict[str, Any]:
