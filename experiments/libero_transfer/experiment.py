@@ -301,10 +301,13 @@ class Experiment:
             "exploratory": any(s["exploratory"] for s in statuses.values()),
             "phases_done": phases_done,
             "questions": {},
-            "timing": {k: round(v, 1) for k, v in self.timing.items()},
         }
         for question, values in self.questions.items():
+            t = time.perf_counter()
             rows = self.rollouts(question)
+            self.timing[f"rollouts {question}"] = (
+                self.timing.get(f"rollouts {question}", 0.0) + time.perf_counter() - t
+            )
             result = analyse(values, rows, resamples)
             result["tuning"] = {
                 method: self.tuning.get((question, method))
@@ -324,9 +327,30 @@ class Experiment:
             result["policies"] = self.policies[question]
             result["exploratory"] = statuses[question]["exploratory"]
             report["questions"][question] = result
+        for question, result in report["questions"].items():
+            plot_question(result, values["suite"], self.output / f"success_{question}.png")
+        # Seconds of this invocation (a resumed run counts only what it did itself).
+        report["timing"] = {k: round(v, 1) for k, v in self.timing.items()}
         write_json(self.output / "report.json", report)
         write_text(self.output / "report.md", markdown(report))
         return report
+
+
+def plot_question(result: dict[str, Any], suite: str, path: Path) -> None:
+    """Success by perturbation of every row of a question, pooled over its trainings, with 95% Wilson intervals."""
+    from peft_ckt.libero.metrics import success_cell
+
+    from .report import plot_success
+    from .settings import PERTURBATION_KINDS
+
+    empty = success_cell(0, 0)
+    policies = {}
+    for name, row in result["rows"].items():
+        pooled = row["pooled"]
+        kinds = {k: pooled["by_perturbation"].get(k, empty) for k in ["none", *PERTURBATION_KINDS]}
+        policies[name] = {"by_perturbation": kinds, "perturbed": pooled["perturbed"]}
+    if "student" in policies:
+        plot_success({"policies": policies, "settings": {"suite": suite}}, path)
 
 
 def official_table(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -443,8 +467,9 @@ def run_experiment(
         t = time.perf_counter()
         getattr(run, phase)()
         done.append(phase)
-        report = run.report(statuses, done, resamples)  # the rollouts of every row planned so far, then the report
         run.timing[phase] = time.perf_counter() - t
+        run.timing["total"] = time.perf_counter() - started  # this session's, up to the report's rollouts
+        report = run.report(statuses, done, resamples)  # the rollouts of every row planned so far, then the report
     return report
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from pathlib import Path
 from typing import Any, Optional
@@ -25,7 +26,7 @@ def plot_success(report: dict[str, Any], path: Path) -> None:
     names = list(report["policies"])
     width = 0.8 / len(names)
     colours = {"teacher": "#999999", "student": "#DD8452", "student+lora": "#55A868", "student+ckt": "#4C72B0"}
-    extra = iter(["#8172B3", "#64B5CD", "#CCB974", "#C44E52"])
+    extra = itertools.cycle(["#8172B3", "#64B5CD", "#CCB974", "#C44E52", *plt.get_cmap("tab20").colors])
     for i, name in enumerate(names):
         row = report["policies"][name]
         cells = [row["by_perturbation"][c] for c in columns[:-1]] + [row["perturbed"]]
