@@ -32,3 +32,13 @@ def test_quickstart_script_trains_saves_and_compares(tmp_path):
     assert "CKT training" in result.stderr  # the progress bar
     assert re.search(r"student alone: [\d.]+ +student \+ CKT \(reloaded\): [\d.]+", result.stdout)
     assert {"adapter_model.safetensors", "adapter_config.json"} <= set(os.listdir(tmp_path))
+
+
+def test_readme_causal_lm_block_runs_and_shows_the_logits_shape():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### What it works with", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert "out.logits.shape" in code and "unload()" in code
+    namespace: dict = {}
+    exec(compile(code, "README.md#causal-lm", "exec"), namespace)
+    assert namespace["token_logits"].shape == (2, 6, 64)
