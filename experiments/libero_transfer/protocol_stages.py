@@ -20,6 +20,7 @@ from peft_ckt.libero.splits import select_on_validation
 
 from .cache import save_stage
 from .plan import DemoSet, adapter_seed_of, collection_groups, pretrain_seed_of, splits_of
+from .stages.pretrain import pretraining_record
 
 logger = logging.getLogger(__name__)
 
@@ -126,16 +127,8 @@ def pretrain(values, cache: Path, role: str, pretrain_seed: int, episodes, vocab
         model, model, dataset, steps=spec["steps"], batch_size=models["batch_size"], learning_rate=spec["lr"],
         seed=seed, checkpoint=cache / "models" / f"{final.name}.ckpt", desc=f"pretrain {role} p{pretrain_seed}",
     )  # fmt: skip
-    record = {
-        "losses": result.losses,
-        "action_losses": result.action_losses,
-        "seconds": result.seconds,
-        "parameters": params,
-        "episodes": dataset.num_episodes,
-        "samples": len(dataset),
-    }
-    save_stage(model, record, final)
-    return final, record
+    save_stage(model, pretraining_record(result, params, dataset), final)
+    return final, json.loads((final / "training.json").read_text())
 
 
 # ----------------------------------------------------------------------------------------------- adapters
@@ -337,12 +330,43 @@ def tune(values, cache: Path, method: str, candidates, teacher, student_path: Pa
 
 
 # ----------------------------------------------------------------------------------------------- rollouts
-def rollouts(values, policies: dict[str, str], log_folder: Path, workers: int, progress: bool = True) -> list[dict]:
-    """Every policy (`{row id: folder}`) on every test episode, resumable through `episodes.jsonl`; each row gets
-    its `policy_id`."""
-    from peft_ckt.libero.evaluation import EpisodeJob
+def _play(policies, jobs, run_one, error_row, config, log_folder: Path, episode, workers, desc, progress):
+    """Runs the `jobs` not yet in `log_folder/episodes.jsonl` (episodes keyed by the policy's resolved folder and
+    `episode(job or row)`), appends each as it ends, and returns every wanted row with the `policy_id` of each
+    policy (`{policy id: folder}`) that played it."""
     from peft_ckt.libero.records import open_episode_log
     from peft_ckt.libero.runner import run_episode_jobs
+
+    log_folder.mkdir(parents=True, exist_ok=True)
+    recorded, log = open_episode_log(log_folder, config, "auto")
+
+    def job_key(job) -> tuple:
+        return (os.path.realpath(job.policy), *episode(job))
+
+    def row_key(row) -> tuple:
+        return (os.path.realpath(row["policy"]), *episode(row))
+
+    run = run_episode_jobs(
+        jobs, run_one, log=log, recorded=recorded, job_key=job_key, row_key=row_key, num_workers=workers, desc=desc,
+        progress=progress, error_row=error_row,
+    )  # fmt: skip
+    wanted = {job_key(job) for job in jobs}
+    rows = [row for row in run.rows if row_key(row) in wanted]
+    out = []
+    for name, spec in policies.items():
+        path = os.path.realpath(spec)
+        out += [{**row, "policy_id": name} for row in rows if os.path.realpath(row["policy"]) == path]
+    return out
+
+
+def _field(data, name):
+    return getattr(data, name) if not isinstance(data, dict) else data[name]
+
+
+def rollouts(values, policies: dict[str, str], log_folder: Path, workers: int, progress: bool = True) -> list[dict]:
+    """Every policy (`{row id: folder}`) on every test episode, resumable through `episodes.jsonl`; each row gets
+    its `policy_id`. An episode that raises is recorded as an error row."""
+    from peft_ckt.libero.evaluation import EpisodeJob
 
     from .plan import test_conditions
 
@@ -353,8 +377,6 @@ def rollouts(values, policies: dict[str, str], log_folder: Path, workers: int, p
         "image_size": values["image_size"], "max_steps": rollout["max_steps"],
         "n_action_steps": rollout["n_action_steps"],
     }  # fmt: skip
-    log_folder.mkdir(parents=True, exist_ok=True)
-    recorded, log = open_episode_log(log_folder, config, "auto")
     jobs = [
         EpisodeJob(
             suite=values["suite"],
@@ -373,23 +395,10 @@ def rollouts(values, policies: dict[str, str], log_folder: Path, workers: int, p
         for task, kind, init in test_conditions(values)
     ]
 
-    def job_key(job) -> tuple:
-        return os.path.realpath(job.policy), job.task_id, job.perturbation, job.init_index
+    def episode(data) -> tuple:
+        return tuple(_field(data, name) for name in ("task_id", "perturbation", "init_index"))
 
-    def row_key(row) -> tuple:
-        return os.path.realpath(row["policy"]), row["task_id"], row["perturbation"], row["init_index"]
-
-    run = run_episode_jobs(
-        jobs, _episode_row, log=log, recorded=recorded, job_key=job_key, row_key=row_key, num_workers=workers,
-        desc="rollouts", progress=progress, error_row=_error_row,
-    )  # fmt: skip
-    wanted = {job_key(job) for job in jobs}
-    rows = [row for row in run.rows if row_key(row) in wanted]
-    out = []
-    for name, spec in policies.items():
-        path = os.path.realpath(spec)
-        out += [{**row, "policy_id": name} for row in rows if os.path.realpath(row["policy"]) == path]
-    return out
+    return _play(policies, jobs, _episode_row, _error_row, config, log_folder, episode, workers, "rollouts", progress)
 
 
 def official_sample(values) -> list[str]:
@@ -423,16 +432,12 @@ def official_rollouts(
     image size the policies were trained at; resumable. An episode that raises is recorded as an error row."""
     from peft_ckt.libero.liberoplus import OFFICIAL_SEED
     from peft_ckt.libero.liberoplus_eval import OfficialEpisodeJob
-    from peft_ckt.libero.records import open_episode_log
-    from peft_ckt.libero.runner import run_episode_jobs
 
     rollout = values["rollouts"]
     config = {
         "suite": values["suite"], "seed": OFFICIAL_SEED, "image_size": values["image_size"],
         "max_steps": rollout["max_steps"], "n_action_steps": rollout["n_action_steps"],
     }  # fmt: skip
-    log_folder.mkdir(parents=True, exist_ok=True)
-    recorded, log = open_episode_log(log_folder, config, "auto")
     jobs = [
         OfficialEpisodeJob(
             suite=values["suite"],
@@ -450,21 +455,13 @@ def official_rollouts(
         for task in tasks
     ]
 
-    def job_key(job) -> tuple:
-        return os.path.realpath(job.policy), job.task
+    def episode(data) -> tuple:
+        return (_field(data, "task"),)
 
-    def row_key(row) -> tuple:
-        return os.path.realpath(row["policy"]), row["task"]
-
-    run = run_episode_jobs(
-        jobs, _official_row, log=log, recorded=recorded, job_key=job_key, row_key=row_key, num_workers=workers,
-        desc="official LIBERO-Plus sample", progress=progress, error_row=_official_error_row,
-    )  # fmt: skip
-    out = []
-    for name, spec in policies.items():
-        path = os.path.realpath(spec)
-        out += [{**row, "policy_id": name} for row in run.rows if os.path.realpath(row["policy"]) == path]
-    return out
+    desc = "official LIBERO-Plus sample"
+    return _play(
+        policies, jobs, _official_row, _official_error_row, config, log_folder, episode, workers, desc, progress
+    )
 
 
 def _error_row(job, error) -> dict[str, Any]:

@@ -68,16 +68,21 @@ def pretrain_stage(settings: TransferSettings, cache: Path, role: str, episodes:
         checkpoint=cache / "models" / f"{final.name}.ckpt",
         desc=f"pretrain {role}",
     )
-    record = {
-        "losses": result.losses,
-        "action_losses": result.action_losses,
-        "seconds": result.seconds,
-        "parameters": params,
-        "episodes": dataset.num_episodes,
-        "samples": len(dataset),
-    }
+    record = pretraining_record(result, params, dataset)
     save_stage(model, record, final)
     return WorldActionModel.from_pretrained(final), record
 
 
-__all__ = ["build_wam", "pretrain_stage"]
+def pretraining_record(result, parameters: int, dataset) -> dict[str, Any]:
+    """What `training.json` keeps of a pretraining: its losses, time, size and data."""
+    return {
+        "losses": result.losses,
+        "action_losses": result.action_losses,
+        "seconds": result.seconds,
+        "parameters": parameters,
+        "episodes": dataset.num_episodes,
+        "samples": len(dataset),
+    }
+
+
+__all__ = ["build_wam", "pretrain_stage", "pretraining_record"]
