@@ -300,6 +300,7 @@ class Experiment:
             "protocol": statuses,
             "exploratory": any(s["exploratory"] for s in statuses.values()),
             "phases_done": phases_done,
+            "training_threads": torch.get_num_threads(),
             "questions": {},
         }
         for question, values in self.questions.items():
@@ -449,7 +450,10 @@ def run_experiment(
     unknown = [p for p in phases if p not in PHASES]
     if unknown:
         raise ValueError(f"unknown phase(s) {unknown}; expected some of {PHASES}")
-    torch.set_num_threads(int(os.environ.get("PEFT_CKT_NUM_THREADS", min(2, os.cpu_count() or 1))))
+    # One training thread, fixed: the same seeds then give the same floats on a machine, and a thread never waits on
+    # another that the simulation workers or anything else running took the core from (measured on 2 cores: a
+    # 2-thread pretraining slowed from ~6 to 0.2-0.4 steps/s beside one busy process).
+    torch.set_num_threads(int(os.environ.get("PEFT_CKT_NUM_THREADS", 1)))
     torch.use_deterministic_algorithms(True, warn_only=True)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
