@@ -51,16 +51,6 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-def test_plugin_discovery_registers_both_policy_types():
-    from lerobot.configs.policies import PreTrainedConfig
-    from lerobot.policies.factory import get_policy_class
-    from lerobot.utils.import_utils import register_third_party_plugins
-
-    register_third_party_plugins()  # what lerobot-train and lerobot-eval run at start-up
-    assert {"ckt", "ckt_wam"} <= set(PreTrainedConfig.get_known_choices())
-    assert get_policy_class("ckt").__name__ == "CKTPolicy" and get_policy_class("ckt_wam").name == "ckt_wam"
-
-
 def test_saved_ckt_policy_holds_the_adapter_and_the_references(trained):
     folder = trained["ckt"]
     assert {"config.json", "adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in folder.iterdir()}
@@ -75,7 +65,8 @@ def test_saved_ckt_policy_holds_the_adapter_and_the_references(trained):
 
 def test_reloaded_ckt_policy_computes_the_context_once_per_chunk_and_it_changes_the_actions(trained):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
-    from lerobot_policy_ckt.modeling_ckt import CKTPolicy
+
+    from peft_ckt.integrations.lerobot.modeling_ckt import CKTPolicy
 
     policy = CKTPolicy.from_pretrained(trained["ckt"])
     item = LeRobotDataset("local/demos", root=trained["demos"])[5]

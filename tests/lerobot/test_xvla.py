@@ -85,9 +85,9 @@ def test_ckt_on_an_xvla_student_through_its_text_embedding():
 
 
 def test_ckt_policy_with_an_xvla_student_and_a_wam_teacher(tmp_path):
-    from lerobot_policy_ckt import CKTConfig, CKTWamConfig
-    from lerobot_policy_ckt.modeling_ckt import CKTPolicy
-    from lerobot_policy_ckt.modeling_ckt_wam import CKTWamPolicy
+    from peft_ckt.integrations.lerobot import CKTConfig, CKTWamConfig
+    from peft_ckt.integrations.lerobot.modeling_ckt import CKTPolicy
+    from peft_ckt.integrations.lerobot.modeling_ckt_wam import CKTWamPolicy
 
     tiny_xvla().save_pretrained(tmp_path / "student")
     from peft_ckt.wam.tokenizer import build_vocabulary
