@@ -18,8 +18,11 @@ step "${PIP[@]}" install -q --upgrade pip
 # The torch pair first, alone, so that nothing later can swap one of them for another build.
 step "${PIP[@]}" install -q -c "$CONSTRAINTS" torch torchvision
 step "${PIP[@]}" install -q -c "$CONSTRAINTS" -e ".[lerobot,libero,dev]"
-# Fails here, not in a test, when the pair does not load together (the `torchvision::nms` error).
+# Fails here, not in a test, when the pair does not load together (the `torchvision::nms` error), or when the
+# `lerobot` extra alone did not give LeRobot the ckt policy types (peft-ckt's start-up hook registers them).
 "$VENV/bin/python" -c "import torch, torchvision, lerobot; from torchvision.ops import nms; \
+from lerobot.configs.policies import PreTrainedConfig; assert 'ckt' in PreTrainedConfig.get_known_choices(), \
+'the ckt policy type is not registered with LeRobot'; \
 print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'lerobot', lerobot.__version__)"
 touch "$VENV/.installed"
 echo "[lerobot_env] total $(( SECONDS - start )) s" >&2
