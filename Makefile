@@ -42,8 +42,7 @@ experiment: install
 # < 0.36: scripts/lerobot-constraints.txt); ~4 min and 11 GB on a cold cache, seconds when $(LEROBOT_VENV) is current.
 LEROBOT_VENV ?= .venv-lerobot
 
-$(LEROBOT_VENV)/.installed: pyproject.toml scripts/lerobot-constraints.txt scripts/lerobot_env.sh \
-		integrations/lerobot_policy_ckt/pyproject.toml
+$(LEROBOT_VENV)/.installed: pyproject.toml scripts/lerobot-constraints.txt scripts/lerobot_env.sh
 	scripts/lerobot_env.sh $(LEROBOT_VENV)
 
 test-lerobot: $(LEROBOT_VENV)/.installed

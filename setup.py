@@ -1,6 +1,6 @@
 """Build hook only (the package is described in pyproject.toml): installs `peft_ckt_autoload.pth` into
-site-packages, the start-up hook that registers the "ckt" peft method when peft is imported (see
-`_peft_ckt_autoload.py`)."""
+site-packages, the start-up hook that registers the "ckt" peft method when peft is imported and the LeRobot policy
+types when LeRobot's policy registry is (see `_peft_ckt_autoload.py`)."""
 
 import os
 

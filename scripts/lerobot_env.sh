@@ -7,8 +7,7 @@ cd "$(dirname "$0")/.."
 VENV="${1:-${LEROBOT_VENV:-.venv-lerobot}}"
 PYTHON="${PYTHON:-python3.11}"
 CONSTRAINTS=scripts/lerobot-constraints.txt
-if [ -f "$VENV/.installed" ] && [ "$VENV/.installed" -nt "$CONSTRAINTS" ] && [ "$VENV/.installed" -nt pyproject.toml ] \
-    && [ "$VENV/.installed" -nt integrations/lerobot_policy_ckt/pyproject.toml ]; then
+if [ -f "$VENV/.installed" ] && [ "$VENV/.installed" -nt "$CONSTRAINTS" ] && [ "$VENV/.installed" -nt pyproject.toml ]; then
     echo "$VENV is up to date"; exit 0
 fi
 step() { local t0=$SECONDS; "$@"; echo "[lerobot_env] $(( SECONDS - t0 )) s: $*" >&2; }
@@ -19,10 +18,11 @@ step "${PIP[@]}" install -q --upgrade pip
 # The torch pair first, alone, so that nothing later can swap one of them for another build.
 step "${PIP[@]}" install -q -c "$CONSTRAINTS" torch torchvision
 step "${PIP[@]}" install -q -c "$CONSTRAINTS" -e ".[lerobot,libero,dev]"
-# The LeRobot policy plugin: its own distribution, since LeRobot discovers plugins by distribution name.
-step "${PIP[@]}" install -q --no-deps -e integrations/lerobot_policy_ckt
-# Fails here, not in a test, when the pair does not load together (the `torchvision::nms` error).
-"$VENV/bin/python" -c "import torch, torchvision, lerobot, lerobot_policy_ckt; from torchvision.ops import nms; \
+# Fails here, not in a test, when the pair does not load together (the `torchvision::nms` error), or when the
+# `lerobot` extra alone did not give LeRobot the ckt policy types (peft-ckt's start-up hook registers them).
+"$VENV/bin/python" -c "import torch, torchvision, lerobot; from torchvision.ops import nms; \
+from lerobot.configs.policies import PreTrainedConfig; assert 'ckt' in PreTrainedConfig.get_known_choices(), \
+'the ckt policy type is not registered with LeRobot'; \
 print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'lerobot', lerobot.__version__)"
 touch "$VENV/.installed"
 echo "[lerobot_env] total $(( SECONDS - start )) s" >&2

@@ -81,7 +81,7 @@ LOAD = MODELS + textwrap.dedent(
 
 def run(code: str, *args: str, **env_overrides: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "PEFT_CKT_NO_AUTOLOAD"}
-    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **env_overrides)
+    env.update({"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **env_overrides})
     proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
     return proc
@@ -168,3 +168,58 @@ def test_wheel_and_editable_install_put_the_hook_into_site_packages(tmp_path):
         assert PTH in archive.namelist()
         finder = next(name for name in archive.namelist() if name.endswith("_finder.py"))
         assert "'_peft_ckt_autoload':" in archive.read(finder).decode()  # the editable finder maps the hook module
+
+
+# A stand-in for LeRobot (not installed in the core venv): only its policy registry module, which records its import.
+FAKE_LEROBOT = {
+    "lerobot/__init__.py": "",
+    "lerobot/configs/__init__.py": "",
+    "lerobot/configs/policies.py": "print('REGISTRY_IMPORTED')\n",
+}
+LEROBOT_IMPORT = textwrap.dedent(
+    """
+    import site, sys, warnings
+    site.addsitedir(sys.argv[1])
+    print("AFTER_SITE", "peft_ckt" in sys.modules)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        import lerobot.configs.policies
+    print("TRIED", "peft_ckt.integrations.lerobot" in sys.modules or any("LeRobot" in str(w.message) for w in caught))
+    for w in caught:
+        print("WARNING", w.message)
+    """
+)
+
+
+@pytest.fixture
+def fake_lerobot(tmp_path) -> Path:
+    for name, text in FAKE_LEROBOT.items():
+        (tmp_path / "lib" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "lib" / name).write_text(text)
+    (tmp_path / "site").mkdir()
+    shutil.copy(REPO / PTH, tmp_path / "site" / PTH)
+    return tmp_path
+
+
+def test_importing_lerobots_policy_registry_registers_the_lerobot_policy_types(fake_lerobot):
+    proc = run(LEROBOT_IMPORT, str(fake_lerobot / "site"), PYTHONPATH=f"{REPO}{os.pathsep}{fake_lerobot / 'lib'}")
+    assert "AFTER_SITE False" in proc.stdout and "REGISTRY_IMPORTED" in proc.stdout
+    # The stand-in lacks what the policy types import: the hook tried, and says so without breaking the import.
+    assert "TRIED True" in proc.stdout
+    assert "could not register its LeRobot policy types" in proc.stdout
+    assert "import peft_ckt.integrations.lerobot" in proc.stdout
+
+
+def test_the_lerobot_hook_can_be_turned_off(fake_lerobot):
+    proc = run(
+        LEROBOT_IMPORT,
+        str(fake_lerobot / "site"),
+        PYTHONPATH=f"{REPO}{os.pathsep}{fake_lerobot / 'lib'}",
+        PEFT_CKT_NO_AUTOLOAD="1",
+    )
+    assert "REGISTRY_IMPORTED" in proc.stdout and "TRIED False" in proc.stdout
+
+
+def test_the_core_package_imports_without_lerobot():
+    proc = run("import peft_ckt, peft_ckt.integrations, sys; print('LEROBOT', 'lerobot' in sys.modules)")
+    assert "LEROBOT False" in proc.stdout

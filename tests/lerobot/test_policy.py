@@ -4,61 +4,26 @@ collect-libero -> lerobot-train (teacher WAM, student WAM, CKT between them) -> 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from lerobot_commands import TRAIN, dataset_args, lerobot_eval_on_libero, run_command, train_wam
 
 pytest.importorskip("libero")
 
-BIN = Path(sys.executable).parent
-TRAIN = [str(BIN / "lerobot-train"), "--policy.device=cpu", "--policy.push_to_hub=false", "--num_workers=0",
-         "--eval_freq=0", "--log_freq=1", "--wandb.enable=false", "--batch_size=4"]  # fmt: skip
-# LeRobot's LIBERO env names the wrist camera `image2`; the collected datasets `wrist_image`.
-RENAME = '--rename_map={"observation.images.image2": "observation.images.wrist_image"}'
-
-
-def _run(args: list[str], cwd: Path) -> str:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_LEROBOT_HOME": str(cwd / "home")}
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    return done.stdout + done.stderr
-
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict[str, Path]:
-    """A collected dataset; a teacher (Wan) and a student (Cosmos) `ckt_wam`; a `ckt` adapter between them."""
-    root = tmp_path_factory.mktemp("lerobot")
-    demos = root / "demos"
-    _run([str(BIN / "peft-ckt"), "collect-libero", "--suite", "libero_object", "--tasks", "0,1", "--episodes", "1",
-          "--max-steps", "24", "--keep-failures", "--image-size", "32", "--workers", "0", "--output", str(demos),
-          "--no-progress"], root)  # fmt: skip
-    data = ["--dataset.repo_id=local/demos", f"--dataset.root={demos}"]
-    out = {"demos": demos}
-    for name, backbone in (("teacher", "wan"), ("student", "cosmos")):
-        _run([*TRAIN, *data, "--policy.type=ckt_wam", f"--policy.backbone={backbone}", "--steps=2", "--save_freq=2",
-              f"--output_dir={root / name}"], root)  # fmt: skip
-        out[name] = root / name / "checkpoints" / "last" / "pretrained_model"
-    log = _run([*TRAIN, *data, "--policy.type=ckt", f"--policy.student_path={out['student']}",
-                f"--policy.teacher_path={out['teacher']}", "--policy.teacher_layer=backbone.blocks.1", "--steps=3",
-                "--save_freq=3", f"--output_dir={root / 'ckt'}"], root)  # fmt: skip
+def trained(demos, wam_teacher, lerobot_root) -> dict[str, Path]:
+    """A student (Cosmos) `ckt_wam` and a `ckt` adapter between it and the (Wan) teacher, both by lerobot-train."""
+    out = {"demos": demos, "teacher": wam_teacher, "root": lerobot_root}
+    out["student"] = train_wam(demos, "cosmos", lerobot_root / "student")
+    log = run_command([*TRAIN, *dataset_args(demos), "--policy.type=ckt", f"--policy.student_path={out['student']}",
+                       f"--policy.teacher_path={wam_teacher}", "--policy.teacher_layer=backbone.blocks.1",
+                       "--steps=3", "--save_freq=3", f"--output_dir={lerobot_root / 'ckt'}"], lerobot_root)  # fmt: skip
     assert "step:3" in log
-    out["ckt"] = root / "ckt" / "checkpoints" / "last" / "pretrained_model"
-    out["root"] = root
+    out["ckt"] = lerobot_root / "ckt" / "checkpoints" / "last" / "pretrained_model"
     return out
-
-
-def test_plugin_discovery_registers_both_policy_types():
-    from lerobot.configs.policies import PreTrainedConfig
-    from lerobot.policies.factory import get_policy_class
-    from lerobot.utils.import_utils import register_third_party_plugins
-
-    register_third_party_plugins()  # what lerobot-train and lerobot-eval run at start-up
-    assert {"ckt", "ckt_wam"} <= set(PreTrainedConfig.get_known_choices())
-    assert get_policy_class("ckt").__name__ == "CKTPolicy" and get_policy_class("ckt_wam").name == "ckt_wam"
 
 
 def test_saved_ckt_policy_holds_the_adapter_and_the_references(trained):
@@ -75,7 +40,8 @@ def test_saved_ckt_policy_holds_the_adapter_and_the_references(trained):
 
 def test_reloaded_ckt_policy_computes_the_context_once_per_chunk_and_it_changes_the_actions(trained):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
-    from lerobot_policy_ckt.modeling_ckt import CKTPolicy
+
+    from peft_ckt.integrations.lerobot.modeling_ckt import CKTPolicy
 
     policy = CKTPolicy.from_pretrained(trained["ckt"])
     item = LeRobotDataset("local/demos", root=trained["demos"])[5]
@@ -103,9 +69,8 @@ def test_reloaded_ckt_policy_computes_the_context_once_per_chunk_and_it_changes_
         policy.model.predict_action_chunk(batch)
 
 
-def test_lerobot_eval_runs_the_ckt_policy_on_libero(trained):
-    log = _run([str(BIN / "lerobot-eval"), f"--policy.path={trained['ckt']}", "--policy.device=cpu",
-                "--env.type=libero", "--env.task=libero_object", "--env.task_ids=[0]", "--env.observation_height=32",
-                "--env.observation_width=32", "--env.episode_length=12", "--eval.n_episodes=1",
-                "--eval.batch_size=1", RENAME, f"--output_dir={trained['root'] / 'eval'}"], trained["root"])  # fmt: skip
+def test_lerobot_eval_runs_the_ckt_policy_on_libero_with_the_teachers_context(trained):
+    log, probe = lerobot_eval_on_libero(trained["ckt"], trained["root"] / "eval", trained["root"])
     assert "'n_episodes': 1" in log and "End of eval" in log
+    # 12 steps, 8 actions per chunk: two chunks, the teacher once per chunk, each chunk changed by the context.
+    assert probe == {"chunks": 2, "teacher_calls": 2, "changed": 2}

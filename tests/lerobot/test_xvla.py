@@ -1,11 +1,16 @@
-"""An X-VLA student (LeRobot's `xvla`, built from a local config: no Hub) with CKT injected through its text
-embedding `model.vlm.language_model.model.shared`, alone and as the student of a `ckt` policy."""
+"""An X-VLA student (LeRobot's `xvla`, built from a local config and a local tokenizer: no Hub) with CKT injected
+through its text embedding `model.vlm.language_model.model.shared`: alone, as the student of a `ckt` policy, and
+through lerobot-train and lerobot-eval on LIBERO with a `ckt_wam` teacher."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
 from lerobot.configs.types import FeatureType, PolicyFeature
+from lerobot_commands import TRAIN, dataset_args, lerobot_eval_on_libero, run_command
 
 INJECTION = "model.vlm.language_model.model.shared"
 IMAGE, WRIST, STATE = "observation.images.image", "observation.images.wrist_image", "observation.state"
@@ -31,7 +36,7 @@ BANK = dict(num_context_tokens=2, num_experts=3, top_k=2, bottleneck_dim=8, rout
             num_attention_heads=2, adapter_dropout=0.0, load_balance_weight=0.5)  # fmt: skip
 
 
-def tiny_xvla():
+def tiny_xvla(action_dim: int = 20, **overrides):
     from lerobot.policies.xvla.configuration_xvla import XVLAConfig
     from lerobot.policies.xvla.modeling_xvla import XVLAPolicy
 
@@ -39,9 +44,31 @@ def tiny_xvla():
     config = XVLAConfig(
         florence_config=FLORENCE, hidden_size=32, depth=1, num_heads=2, len_soft_prompts=4, chunk_size=4,
         n_action_steps=4, num_denoising_steps=2, max_len_seq=128, device="cpu", input_features=dict(FEATURES),
-        output_features={"action": PolicyFeature(FeatureType.ACTION, (20,))},
+        output_features={"action": PolicyFeature(FeatureType.ACTION, (action_dim,))}, **overrides,
     )  # fmt: skip
     return XVLAPolicy(config)
+
+
+def save_word_tokenizer(folder: Path, texts: list[str]) -> Path:
+    """A BART-style tokenizer (`<s> words </s>`, `<pad>`, `<unk>`, lower case) over the words of `texts`, saved for
+    `AutoTokenizer.from_pretrained`: X-VLA's processor loads its `tokenizer_name` that way, and a local folder needs
+    no Hub. Its ids stay below the tiny Florence-2's vocabulary size."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({word for text in texts for word in text.lower().split()})
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, **{word: i + 4 for i, word in enumerate(words)}}
+    assert len(vocab) <= FLORENCE["vocab_size"], "more words than the tiny Florence-2 has embeddings"
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    ).save_pretrained(folder)
+    return folder
 
 
 def batch(size: int = 2) -> dict:
@@ -85,9 +112,9 @@ def test_ckt_on_an_xvla_student_through_its_text_embedding():
 
 
 def test_ckt_policy_with_an_xvla_student_and_a_wam_teacher(tmp_path):
-    from lerobot_policy_ckt import CKTConfig, CKTWamConfig
-    from lerobot_policy_ckt.modeling_ckt import CKTPolicy
-    from lerobot_policy_ckt.modeling_ckt_wam import CKTWamPolicy
+    from peft_ckt.integrations.lerobot import CKTConfig, CKTWamConfig
+    from peft_ckt.integrations.lerobot.modeling_ckt import CKTPolicy
+    from peft_ckt.integrations.lerobot.modeling_ckt_wam import CKTWamPolicy
 
     tiny_xvla().save_pretrained(tmp_path / "student")
     from peft_ckt.wam.tokenizer import build_vocabulary
@@ -106,3 +133,47 @@ def test_ckt_policy_with_an_xvla_student_and_a_wam_teacher(tmp_path):
     torch.manual_seed(2)
     actions = reloaded.select_action(batch())
     assert actions.shape == (2, 20)
+
+
+@pytest.fixture(scope="module")
+def xvla_ckt(demos, wam_teacher, lerobot_root) -> dict[str, Path]:
+    """An X-VLA student for the collected dataset (7-D actions through its `auto` action space, images resized to
+    the 32x32 it trained on, a local tokenizer) and a `ckt` adapter trained by lerobot-train from the WAM teacher."""
+    import pandas as pd
+
+    root = lerobot_root / "xvla"
+    root.mkdir()
+    tasks = list(pd.read_parquet(demos / "meta" / "tasks.parquet").index)
+    tokenizer = save_word_tokenizer(root / "tokenizer", tasks)
+    student = root / "student"
+    tiny_xvla(action_dim=7, action_mode="auto", tokenizer_name=str(tokenizer), tokenizer_max_length=16,
+              resize_imgs_with_padding=(32, 32)).save_pretrained(student)  # fmt: skip
+    log = run_command([*TRAIN, *dataset_args(demos), "--policy.type=ckt", f"--policy.student_path={student}",
+                       f"--policy.teacher_path={wam_teacher}", "--policy.teacher_layer=backbone.blocks.1",
+                       f"--policy.target_modules=[\"{INJECTION}\"]", "--steps=3", "--save_freq=3",
+                       f"--output_dir={root / 'ckt'}"], lerobot_root)  # fmt: skip
+    return {"log": log, "root": root, "tokenizer": tokenizer, "student": student,
+            "ckt": root / "ckt" / "checkpoints" / "last" / "pretrained_model"}  # fmt: skip
+
+
+def test_lerobot_train_trains_a_ckt_adapter_on_an_xvla_student(xvla_ckt):
+    from safetensors.torch import load_file
+
+    assert "step:3" in xvla_ckt["log"]
+    folder = xvla_ckt["ckt"]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["type"] == "ckt" and config["student_path"] == str(xvla_ckt["student"])
+    assert config["target_modules"] == [INJECTION]
+    weights = load_file(folder / "adapter_model.safetensors")
+    assert weights and all(key.startswith("base_model.model.ckt") for key in weights)
+    # The saved pre-processor is the student's, tokenizing with the local tokenizer (lerobot-eval reloads it).
+    steps = json.loads((folder / "policy_preprocessor.json").read_text())["steps"]
+    tokenizer_step = next(step for step in steps if step["registry_name"] == "tokenizer_processor")
+    assert tokenizer_step["config"]["tokenizer_name"] == str(xvla_ckt["tokenizer"])
+
+
+def test_lerobot_eval_runs_the_xvla_ckt_policy_on_libero_with_the_teachers_context(xvla_ckt):
+    log, probe = lerobot_eval_on_libero(xvla_ckt["ckt"], xvla_ckt["root"] / "eval", xvla_ckt["root"])
+    assert "'n_episodes': 1" in log and "End of eval" in log
+    # 12 steps, 4 actions per chunk: three chunks, the teacher once per chunk, each chunk changed by the context.
+    assert probe == {"chunks": 3, "teacher_calls": 3, "changed": 3}

@@ -1,35 +1,12 @@
-"""LeRobot policies from peft-ckt, found by LeRobot's plugin discovery (`lerobot_policy_*` distributions).
+"""LeRobot's plugin convention for peft-ckt's policy types `ckt` and `ckt_wam`, which live in
+`peft_ckt.integrations.lerobot`.
 
-- `--policy.type=ckt_wam`: peft-ckt's world action model (`peft_ckt.wam.WorldActionModel`) as a LeRobot policy.
-- `--policy.type=ckt`: a frozen student policy that learns from a frozen teacher policy through a CKT adapter
-  (both loaded from LeRobot policy folders: `--policy.student_path`, `--policy.teacher_path`).
-
-Importing this package registers both config types with LeRobot (`PreTrainedConfig.register_subclass`); LeRobot
-then finds `modeling_*` and `processor_*` by its naming convention.
+`pip install "peft-ckt[lerobot]"` alone already gives both types (peft-ckt's start-up hook registers them when
+LeRobot's policy registry is imported). This distribution is for setups without that hook (`PEFT_CKT_NO_AUTOLOAD=1`,
+or an interpreter that skips site-packages' `.pth` files): LeRobot imports every installed `lerobot_policy_*`
+distribution at start-up, and importing this one registers the types. The old module names stay importable.
 """
 
-import os
-
-from .configuration_ckt import CKTConfig
-from .configuration_ckt_wam import CKTWamConfig
-
-
-def _configure_libero() -> None:
-    # LeRobot imports this package before it builds an env: `--env.type=libero` then finds a headless, offline
-    # LIBERO (config file and assets from peft-ckt's `libero` extra) instead of stopping on LIBERO's first-run
-    # questions and finds the assets packages (configure_libero keeps a LIBERO_CONFIG_PATH set by the user).
-    if os.environ.get("PEFT_CKT_NO_LIBERO_SETUP", "") not in ("", "0"):
-        return
-    try:
-        from peft_ckt.libero.runtime import LiberoUnavailableError, configure_libero
-    except ImportError:
-        return
-    try:
-        configure_libero()
-    except LiberoUnavailableError:
-        pass
-
-
-_configure_libero()
+from peft_ckt.integrations.lerobot import CKTConfig, CKTWamConfig
 
 __all__ = ["CKTConfig", "CKTWamConfig"]
