@@ -111,6 +111,7 @@ class Experiment:
         self.tuning: dict[str, Any] = {}
         self.timing: dict[str, float] = {}
         self.fixed_tuning: dict[str, dict[str, tuple[dict, str]]] | None = None
+        self.label = "the pre-registered experiment"
 
     # ------------------------------------------------------------------------------------------- stages
     def sets(self, question: str) -> dict[str, list[dict[str, Any]]]:
@@ -301,6 +302,7 @@ class Experiment:
             "exploratory": any(s["exploratory"] for s in statuses.values()),
             "phases_done": phases_done,
             "training_threads": torch.get_num_threads(),
+            "label": self.label,
             "questions": {},
         }
         for question, values in self.questions.items():
@@ -379,7 +381,12 @@ def official_table(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = ["# Pre-registered LIBERO transfer experiment", ""]
+    lines = [
+        "# Pre-registered LIBERO transfer experiment",
+        "",
+        f"Run: {report.get('label', 'the pre-registered experiment')}.",
+        "",
+    ]
     if report["exploratory"]:
         lines += ["**Exploratory run**: its settings are not the registered ones (docs/protocol.md).", ""]
     lines += [f"Phases run: {', '.join(report['phases_done']) or 'none'}.", ""]
@@ -460,6 +467,7 @@ def run_experiment(
     run = Experiment(values, out, workers, progress)
     if demo:
         run.fixed_tuning = {q: demo_tuning(v) for q, v in values.items()}
+        run.label = "make demo: one seed (pretraining 0, adapter 0) of the primary comparison, not the result"
     started = time.perf_counter()
     # The demo tunes nothing: it needs no validation demonstrations.
     run.pool = stages.collect(values, run.cache, workers, progress, exclude=("validation",) if demo else ())
