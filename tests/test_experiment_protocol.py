@@ -222,3 +222,14 @@ def test_an_episode_that_raised_is_neither_a_success_nor_a_failure_and_leaves_it
     assert result["primary"]["episodes"] == 3 and result["primary"]["pairs_with_errors"] == 1
     lora = result["rows"]["student+lora"]["pooled"]
     assert lora["errors"] == 1 and lora["perturbed"]["episodes"] == 3 and lora["all"]["episodes"] == 7
+
+
+def test_status_counts_the_plan_the_protocol_budgets(tmp_path, capsys):
+    from experiments.libero_transfer.experiment import main
+
+    assert main(["--status", "--output", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    # docs/protocol.md, "Budget": 3,840 primary + 5,760 control + 384 CNN rollouts, and 720 official episodes.
+    assert "rollouts: 0/9984" in lines and "official episodes: 0/720" in lines
+    assert "models: 0/6" in lines and "tuning: 0/4" in lines
+    assert not any(tmp_path.iterdir())  # a status reads; it writes nothing

@@ -32,8 +32,10 @@ from .analysis import analyse, policy_id
 from .plan import (
     INFERENCE_CONTROLS,
     TRAINED_CONTROLS,
+    collection_groups,
     demo_sets,
     question_values,
+    test_conditions,
     trainings,
     tuning_candidates,
     wrong_instructions,
@@ -485,6 +487,80 @@ def run_experiment(
     return report
 
 
+def planned_counts(values: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """What a full run of `values` (per question) trains and plays: models, tuning runs, adapters, rollouts."""
+    questions = list(values.values())
+    first = questions[0]
+    pretrain = sorted({p for v in questions for p in v["seeds"]["pretrain"]})
+    episodes = len(test_conditions(first))
+    adapters = sum(2 * len(trainings(v)) for v in questions)
+    trained = sum(
+        len([c for c in v["controls"] if c in TRAINED_CONTROLS]) * len(trainings(v, True)) for v in questions
+    )
+    inference = sum(
+        len([c for c in v["controls"] if c in INFERENCE_CONTROLS]) * len(trainings(v, True)) for v in questions
+    )
+    cnn = len(first["reference"]["cnn"]["seeds"])
+    # The teacher of a pretraining seed is one model for every question (same data and settings).
+    policies = len(pretrain) * (1 + len(questions)) + adapters + trained + inference + cnn
+    primary = len(pretrain) * (1 + len(questions)) + adapters
+    return {
+        "models": len(pretrain) * (1 + len(questions)),
+        "tuning": 2 * len(questions),
+        # The tuning's winner at its seeds is the primary adapter at those seeds: trained once.
+        "adapter trainings (tuning, primary, controls)": adapters
+        + trained
+        + sum(len(tuning_candidates(v, m)) - 1 for v in questions for m in ("ckt", "lora")),
+        "rollouts": policies * episodes,
+        "official episodes": primary * first["official_liberoplus"]["sample"],
+    }
+
+
+def status(output: Path, values: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per stage: what the folder holds against what the full run plans (nothing is computed)."""
+    from peft_ckt.libero.records import read_records
+
+    cache = output / "cache"
+
+    def folders(name: str, marker: str) -> int:
+        root = cache / name
+        return sum(1 for f in root.iterdir() if (f / marker).is_file()) if root.is_dir() else 0
+
+    def adapters() -> int:
+        root = cache / "adapters"
+        if not root.is_dir():
+            return 0
+        return sum(
+            1 for f in root.iterdir() if (f / "adapter_config.json").is_file() or (f / "model.safetensors").is_file()
+        )
+
+    def episodes(name: str) -> int:
+        log = output / name / "episodes.jsonl"
+        return len(read_records(log)) if log.is_file() else 0
+
+    planned = planned_counts(values)
+    groups = collection_groups(values)
+    have = {
+        "demonstration sets": (folders("data", "meta/episodes.jsonl"), len(groups)),
+        "models": (folders("models", "model.safetensors"), planned["models"]),
+        "tuning": (
+            len(list((cache / "tuning").glob("*.json"))) if (cache / "tuning").is_dir() else 0,
+            planned["tuning"],
+        ),
+        "adapter trainings (tuning, primary, controls)": (
+            adapters(),
+            planned["adapter trainings (tuning, primary, controls)"],
+        ),
+        "rollouts": (episodes("rollouts"), planned["rollouts"]),
+        "official episodes": (episodes("official"), planned["official episodes"]),
+    }
+    lines = [f"{name}: {done}/{total}" for name, (done, total) in have.items()]
+    report = output / "report.json"
+    if report.is_file():
+        lines.append(f"report: phases done {json.loads(report.read_text()).get('phases_done')}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.libero_transfer.experiment", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -497,6 +573,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", default=None, help="JSON merged into the registered values (needs --exploratory).")
     parser.add_argument("--demo", action="store_true", help="`make demo`: one seed of Q1's primary comparison.")
     parser.add_argument("--quick", action="store_true", help="With --demo: the same at toy counts.")
+    parser.add_argument(
+        "--status", action="store_true", help="Print what --output holds against the plan; run nothing."
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     overrides: dict[str, Any] = {}
@@ -523,6 +602,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--tiny and --set change the registered settings: add --exploratory")
     if args.workers < 1:
         parser.error(f"--workers must be >= 1; got {args.workers}")
+    if args.status:
+        questions = [q.strip() for q in args.questions.split(",") if q.strip()]
+        for line in status(Path(args.output), {q: question_values(q, overrides) for q in questions}):
+            print(line)
+        return 0
     try:
         report = run_experiment(
             [q.strip() for q in args.questions.split(",") if q.strip()], args.output,
