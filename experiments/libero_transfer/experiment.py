@@ -462,7 +462,8 @@ def run_experiment(
     # One training thread, fixed: the same seeds then give the same floats on a machine, and a thread never waits on
     # another that the simulation workers or anything else running took the core from (measured on 2 cores: a
     # 2-thread pretraining slowed from ~6 to 0.2-0.4 steps/s beside one busy process).
-    # `make demo` runs alone on a user's machine: two threads (measured ~2x faster there) keep it near 30 minutes.
+    # `make demo` runs alone on a user's machine: two threads there (measured on 2 idle cores: the teacher's
+    # pretraining at 2.8 steps/s against 2.5 with one).
     threads = min(2, os.cpu_count() or 1) if demo else 1
     torch.set_num_threads(int(os.environ.get("PEFT_CKT_NUM_THREADS", threads)))
     torch.use_deterministic_algorithms(True, warn_only=True)
