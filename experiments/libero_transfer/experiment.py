@@ -114,10 +114,16 @@ class Experiment:
         self.timing: dict[str, float] = {}
         self.fixed_tuning: dict[str, dict[str, tuple[dict, str]]] | None = None
         self.label = "the pre-registered experiment"
+        self.official_tasks: list[str] = []  # set by the `official` phase
+        self._sets: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        self._inference: dict[tuple, dict[str, Any]] = {}  # timings by the policies timed: measured once per run
 
     # ------------------------------------------------------------------------------------------- stages
     def sets(self, question: str) -> dict[str, list[dict[str, Any]]]:
-        return {name: stages.demos(self.pool, s) for name, s in demo_sets(self.questions[question]).items()}
+        if question not in self._sets:  # the pool is fixed once collected: select each question's sets once
+            values = self.questions[question]
+            self._sets[question] = {name: stages.demos(self.pool, s) for name, s in demo_sets(values).items()}
+        return self._sets[question]
 
     def instructions(self) -> dict[int, str]:
         return {e["task_id"]: e["task"] for group in self.pool.values() for e in group}
@@ -254,7 +260,7 @@ class Experiment:
         self.official_tasks = stages.official_sample(values)
 
     def official_rows(self, question: str) -> list[dict[str, Any]]:
-        if not getattr(self, "official_tasks", None):
+        if not self.official_tasks:
             return []
         primary = {
             pid: spec
@@ -273,8 +279,6 @@ class Experiment:
     def inference_time(self, question: str) -> dict[str, Any]:
         """Median seconds per action chunk of the student, student+LoRA and student+CKT at the first training, and
         the ratio to the student's."""
-        from peft_ckt.wam.policy import observation_to_wam_batch  # noqa: F401  (the observation format it reads)
-
         chosen = {}
         for name in ("student", "student+lora", "student+ckt"):
             ids = sorted(pid for pid in self.policies[question] if pid.split("@")[0] == name)
@@ -282,6 +286,9 @@ class Experiment:
                 chosen[name] = self.policies[question][ids[0]]
         if "student" not in chosen:
             return {}
+        key = tuple(sorted(chosen.items()))
+        if key in self._inference:
+            return self._inference[key]
         episode = self.sets(question)["target"][0]
         observation = {
             "observation.images.image": episode["image"][0],
@@ -290,11 +297,12 @@ class Experiment:
             "task": episode["task"],
         }
         seconds = stages.inference_seconds(chosen, observation)
-        return {
+        self._inference[key] = {
             "seconds_per_chunk": seconds,
             "ratio_to_student": {name: value / seconds["student"] for name, value in seconds.items()},
             "chunks": 50,
         }
+        return self._inference[key]
 
     # ------------------------------------------------------------------------------------------- report
     def report(self, statuses: dict[str, Any], phases_done: list[str], resamples: int | None = None) -> dict:
