@@ -4,9 +4,9 @@
     python -m experiments.libero_transfer.experiment --phases primary          # the primary rows only
     python -m experiments.libero_transfer.experiment --exploratory --tiny      # every stage at toy counts
 
-Phases run in order, each cached and resumable (a stopped run loses at most the episode or the training step in
-flight): `primary` (collection, pretraining at every pretraining seed, the equal tuning on validation, both
-adapters at every seed, their rollouts), `controls`, `cnn`. The report is rewritten after each phase, so a run
+Phases run in order, each cached and resumable (a stopped run loses at most the episode in flight, the training
+steps since the last checkpoint, or a demonstration folder still being collected): `primary` (collection, pretraining at every pretraining seed, the equal tuning on validation, both
+adapters at every seed, their rollouts), `controls`, `cnn`, `official`. The report is rewritten after each phase, so a run
 spread over several sessions always has one; rows not run yet are absent from it and `phases_done` says which ran.
 
 A run whose settings are not the registered ones (`--tiny`, `--set`) must say `--exploratory`, and its report
