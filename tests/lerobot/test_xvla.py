@@ -46,7 +46,11 @@ def tiny_xvla(action_dim: int = 20, **overrides):
         n_action_steps=4, num_denoising_steps=2, max_len_seq=128, device="cpu", input_features=dict(FEATURES),
         output_features={"action": PolicyFeature(FeatureType.ACTION, (action_dim,))}, **overrides,
     )  # fmt: skip
-    return XVLAPolicy(config)
+    policy = XVLAPolicy(config)
+    # Florence-2 allocates its image projection with `torch.empty` and leaves it to the pretrained weights: from a
+    # config alone it holds whatever was in memory (seen: 4e26, then a NaN loss). Give it real values.
+    torch.nn.init.trunc_normal_(policy.model.vlm.image_projection, std=0.02)
+    return policy
 
 
 def save_word_tokenizer(folder: Path, texts: list[str]) -> Path:
