@@ -233,3 +233,49 @@ def test_status_counts_the_plan_the_protocol_budgets(tmp_path, capsys):
     assert "rollouts: 0/9984" in lines and "official episodes: 0/720" in lines
     assert "models: 0/6" in lines and "tuning: 0/4" in lines
     assert not any(tmp_path.iterdir())  # a status reads; it writes nothing
+
+
+def test_adapter_trainings_in_two_workers_give_the_floats_of_one_after_the_other(tmp_path):
+    """`make experiment` trains adapters two at a time in spawned workers: each training is seeded on its own and
+    runs one thread, so the weights are those of training them here in turn; trained ones are not trained again."""
+    from safetensors.torch import load_file
+
+    from experiments.libero_transfer import protocol_stages as stages
+    from experiments.libero_transfer.experiment import TINY
+    from tests.test_wam import ckt_pair, fake_episodes
+
+    ckt_pair(tmp_path)  # saves a tiny teacher and student
+    values = question_values("Q1", json.loads(json.dumps(TINY)))
+    values["ckt"].update(num_attention_heads=2, bottleneck_dim=8, router_hidden_dim=8)
+    target = [{**e, "task_id": i, "perturbation": "none"} for i, e in enumerate(fake_episodes(2, length=24))]
+
+    def jobs(cache):
+        return [
+            stages.AdapterJob(
+                values,
+                cache,
+                kind,
+                hyper,
+                tmp_path / "teacher" if kind == "ckt" else None,
+                tmp_path / "student",
+                target,
+                (0, a),
+                1000,
+            )  # fmt: skip
+            for kind, hyper, a in (
+                ("ckt", {"learning_rate": 1e-3, "teacher_layer": 1}, 0),
+                ("ckt", {"learning_rate": 1e-3, "teacher_layer": 1}, 1),
+                ("lora", {"learning_rate": 1e-3, "rank_multiple": 1}, 0),
+            )  # fmt: skip
+        ]
+
+    assert stages.train_adapters(jobs(tmp_path / "here"), workers=1, progress=False) == 3
+    assert stages.train_adapters(jobs(tmp_path / "pool"), workers=2, progress=False) == 3
+    assert stages.train_adapters(jobs(tmp_path / "pool"), workers=2, progress=False) == 0
+    for here, pool in zip(jobs(tmp_path / "here"), jobs(tmp_path / "pool")):
+        assert here.folder.name == pool.folder.name
+        a, b = (load_file(job.folder / "adapter_model.safetensors") for job in (here, pool))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    first = load_file(jobs(tmp_path / "pool")[0].folder / "adapter_model.safetensors")
+    second = load_file(jobs(tmp_path / "pool")[1].folder / "adapter_model.safetensors")
+    assert any(not torch.equal(first[k], second[k]) for k in first)  # adapter seeds 0 and 1 differ

@@ -100,11 +100,21 @@ def demo_tuning(values: dict[str, Any]) -> dict[str, tuple[dict[str, Any], str]]
 class Experiment:
     """One run of the protocol's questions into `output` (cache under `output/cache`)."""
 
-    def __init__(self, questions: dict[str, dict[str, Any]], output: Path, workers: int, progress: bool = True):
+    def __init__(
+        self,
+        questions: dict[str, dict[str, Any]],
+        output: Path,
+        workers: int,
+        progress: bool = True,
+        train_workers: int | None = None,
+    ):
         self.questions = questions
         self.output = output
         self.cache = output / "cache"
         self.workers = workers
+        # Adapter trainings run one thread each; on 2 cores two at a time nearly halve their time.
+        self.train_workers = workers if train_workers is None else train_workers
+        self._budget: dict[str, int] = {}
         self.progress = progress
         self.pool: dict = {}
         self.models: dict[str, Any] = {}  # (role, question, pretrain seed) -> (folder, record)
@@ -129,12 +139,7 @@ class Experiment:
         return {e["task_id"]: e["task"] for group in self.pool.values() for e in group}
 
     def teacher(self, pretrain_seed: int):
-        from peft_ckt.wam.modeling import WorldActionModel
-
-        folder = self.models[("teacher", pretrain_seed)][0]
-        teacher = WorldActionModel.from_pretrained(folder)
-        teacher.requires_grad_(False)
-        return teacher
+        return stages.load_teacher(self.models[("teacher", pretrain_seed)][0])
 
     def pretrain_all(self, seeds: list[int]) -> None:
         from peft_ckt.wam.tokenizer import build_vocabulary
@@ -154,12 +159,55 @@ class Experiment:
                 self.policies[question][policy_id("teacher", p)] = str(self.models[("teacher", p)][0])
                 self.policies[question][policy_id("student", p)] = str(self.models[("student", question, p)][0])
 
+    def budget(self, question: str) -> int:
+        """CKT's trainable count on the question's student at the tuning seed (what LoRA's rank is matched to)."""
+        if question not in self._budget:
+            values = self.questions[question]
+            at = values["tuning"]["at"]["pretrain_seed"]
+            student = self.models[("student", question, at)][0]
+            self._budget[question] = stages.ckt_budget(values, self.teacher(at), student)
+        return self._budget[question]
+
+    def tuning_jobs(self, question: str) -> list[stages.AdapterJob]:
+        """The candidates' trainings of the question's tuning, for `train_adapters` ahead of `tune`."""
+        if self.fixed_tuning is not None:
+            return []
+        values = self.questions[question]
+        at = values["tuning"]["at"]
+        seeds = (at["pretrain_seed"], at["adapter_seed"])
+        return [
+            self.job(question, method, method, seeds, hyper)
+            for method in ("ckt", "lora")
+            for hyper in tuning_candidates(values, method)
+        ]
+
+    def job(
+        self, question: str, kind: str, method: str, seeds: tuple[int, int], hyper: dict | None = None
+    ) -> stages.AdapterJob:
+        """The training of an adapter of `kind` with `method`'s tuned setting (or `hyper`) at `(pretrain, adapter)`."""
+        if hyper is None:
+            hyper = dict(self.tuning[(question, method)]["chosen"])
+        if kind == "kv_only":
+            hyper = {"learning_rate": hyper["learning_rate"]}
+        return stages.AdapterJob(
+            self.questions[question], self.cache, kind, hyper,
+            self.models[("teacher", seeds[0])][0] if method == "ckt" else None,
+            self.models[("student", question, seeds[0])][0], self.sets(question)["target"], tuple(seeds),
+            self.budget(question), torch.get_num_threads() if self.train_workers <= 1 else 1,
+        )  # fmt: skip
+
+    def train_ahead(self, jobs: list[stages.AdapterJob]) -> None:
+        """Trains `jobs` in `train_workers` processes; the phases then find them cached."""
+        t = time.perf_counter()
+        if stages.train_adapters(jobs, self.train_workers, self.progress):
+            self.timing["trainings"] = self.timing.get("trainings", 0.0) + time.perf_counter() - t
+
     def tune(self, question: str) -> None:
         values = self.questions[question]
         at = values["tuning"]["at"]["pretrain_seed"]
         teacher, student = self.teacher(at), self.models[("student", question, at)][0]
         sets = self.sets(question)
-        budget = stages.ckt_budget(values, teacher, student)
+        budget = self.budget(question)
         if self.fixed_tuning is not None:  # the demo: settings chosen by an earlier run's tuning, not tuned again
             for method in ("ckt", "lora"):
                 chosen, source = self.fixed_tuning[question][method]
@@ -174,16 +222,12 @@ class Experiment:
 
     def train(self, question: str, kind: str, method: str, seeds: tuple[int, int]) -> tuple[Path, dict]:
         """An adapter of `kind` with `method`'s tuned setting ("ckt" or "lora") at `(pretrain, adapter)` seeds."""
-        values = self.questions[question]
-        tuned = self.tuning[(question, method)]
-        hyper = dict(tuned["chosen"])
-        if kind == "kv_only":
-            hyper = {"learning_rate": hyper["learning_rate"]}
-        teacher = self.teacher(seeds[0]) if method == "ckt" else None
-        student = self.models[("student", question, seeds[0])][0]
+        job = self.job(question, kind, method, seeds)
+        teacher = self.teacher(seeds[0]) if job.teacher is not None else None
         return stages.train_adapter(
-            values, self.cache, kind, hyper, teacher, student, self.sets(question)["target"], seeds, tuned["budget"]
-        )
+            job.values, job.cache, kind, job.hyper, teacher, job.student_path, job.target, job.seeds, job.budget,
+            progress=self.progress,
+        )  # fmt: skip
 
     def rollouts(self, question: str) -> list[dict[str, Any]]:
         return stages.rollouts(
@@ -198,8 +242,14 @@ class Experiment:
             | {first["tuning"]["at"]["pretrain_seed"]}
         )
         self.pretrain_all(seeds)
-        for question, values in self.questions.items():
+        self.train_ahead([job for question in self.questions for job in self.tuning_jobs(question)])
+        for question in self.questions:
             self.tune(question)
+        self.train_ahead([
+            self.job(question, method, method, (p, a))
+            for question, values in self.questions.items() for p, a in trainings(values) for method in ("ckt", "lora")
+        ])  # fmt: skip
+        for question, values in self.questions.items():
             for p, a in trainings(values):
                 for policy, method in (("student+ckt", "ckt"), ("student+lora", "lora")):
                     folder, record = self.train(question, method, method, (p, a))
@@ -210,6 +260,12 @@ class Experiment:
         from peft_ckt.wam.policy import write_control_policy
 
         instructions = self.instructions()
+        self.train_ahead([
+            self.job(question, "ckt" if control in INFERENCE_CONTROLS else control,
+                     "lora" if control == "lora_kv" else "ckt", (p, a))
+            for question, values in self.questions.items() for p, a in trainings(values, controls=True)
+            for control in values["controls"] if control in INFERENCE_CONTROLS or control in TRAINED_CONTROLS
+        ])  # fmt: skip
         for question, values in self.questions.items():
             for p, a in trainings(values, controls=True):
                 for control in values["controls"]:
@@ -455,11 +511,13 @@ def run_experiment(
     progress: bool = True,
     resamples: int | None = None,
     demo: bool = False,
+    train_workers: int | None = None,
 ) -> dict[str, Any]:
     """Runs (or resumes) the protocol's `phases` for `questions`; returns the report (also written to `output`).
 
     `demo`: no tuning; each method's setting is the one the committed experiment chose (`COMMITTED_REPORT`), or,
-    before there is one, the first registered candidate; the report says which."""
+    before there is one, the first registered candidate; the report says which. `train_workers`: adapter trainings
+    run at once, one thread each (default `workers`; 1 trains them here, one after the other)."""
     import peft_ckt  # noqa: F401
 
     values = {q: question_values(q, overrides) for q in questions}
@@ -477,7 +535,7 @@ def run_experiment(
     torch.use_deterministic_algorithms(True, warn_only=True)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    run = Experiment(values, out, workers, progress)
+    run = Experiment(values, out, workers, progress, train_workers)
     if demo:
         run.fixed_tuning = {q: demo_tuning(v) for q, v in values.items()}
         run.label = "make demo: one seed (pretraining 0, adapter 0) of the primary comparison, not the result"
@@ -579,6 +637,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phases", default=",".join(PHASES), help=f"Comma-separated phases of {PHASES}.")
     parser.add_argument("--output", default="outputs/experiment", help="Report folder (cache under OUTPUT/cache).")
     parser.add_argument("--workers", type=int, default=2, help="Simulation worker processes.")
+    parser.add_argument(
+        "--train-workers", type=int, default=None,
+        help="Adapter trainings at once, one thread each (default: --workers; 1 trains them in this process).",
+    )  # fmt: skip
     parser.add_argument("--exploratory", action="store_true", help="Allow settings other than the registered ones.")
     parser.add_argument("--tiny", action="store_true", help="Toy counts through every stage (needs --exploratory).")
     parser.add_argument("--set", default=None, help="JSON merged into the registered values (needs --exploratory).")
@@ -613,6 +675,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--tiny and --set change the registered settings: add --exploratory")
     if args.workers < 1:
         parser.error(f"--workers must be >= 1; got {args.workers}")
+    if args.train_workers is not None and args.train_workers < 1:
+        parser.error(f"--train-workers must be >= 1; got {args.train_workers}")
     if args.status:
         questions = [q.strip() for q in args.questions.split(",") if q.strip()]
         for line in status(Path(args.output), {q: question_values(q, overrides) for q in questions}):
@@ -622,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
         report = run_experiment(
             [q.strip() for q in args.questions.split(",") if q.strip()], args.output,
             [p.strip() for p in args.phases.split(",") if p.strip()], args.exploratory, overrides, args.workers,
-            demo=args.demo,
+            demo=args.demo, train_workers=args.train_workers,
         )  # fmt: skip
     except ValueError as error:
         parser.exit(2, f"error: {error}\n")

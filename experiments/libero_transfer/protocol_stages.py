@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -187,6 +188,27 @@ def lora_config(values, rank: int, kv: bool = False):
     )  # fmt: skip
 
 
+def adapter_folder(
+    values,
+    cache: Path,
+    kind: str,
+    hyper: dict[str, Any],
+    student_path: Path,
+    target,
+    seeds: tuple[int, int],
+    budget: int = 0,
+) -> Path:
+    """Where `train_adapter` keeps this adapter: named by everything it depends on."""
+    steps = values["ckt"]["steps"] if kind not in ("lora", "lora_kv") else values["lora"]["steps"]
+    key = digest(kind, hyper, values["ckt"], values["lora"], values["models"]["batch_size"], steps, budget,
+                 episodes_digest(target), student_path.name, seeds)  # fmt: skip
+    return cache / "adapters" / f"{kind}-p{seeds[0]}a{seeds[1]}-{key}"
+
+
+def adapter_trained(folder: Path, kind: str) -> bool:
+    return (folder / ("model.safetensors" if kind == "kv_only" else "adapter_config.json")).is_file()
+
+
 def train_adapter(
     values,
     cache: Path,
@@ -197,6 +219,7 @@ def train_adapter(
     target,
     seeds: tuple[int, int],
     budget: int = 0,
+    progress: bool = True,
 ) -> tuple[Path, dict[str, Any]]:
     """Train (or load) one adapter on the frozen student; returns `(folder, record)`.
 
@@ -214,11 +237,8 @@ def train_adapter(
 
     pretrain_seed, adapter_seed = seeds
     steps = values["ckt"]["steps"] if kind not in ("lora", "lora_kv") else values["lora"]["steps"]
-    key = digest(kind, hyper, values["ckt"], values["lora"], values["models"]["batch_size"], steps, budget,
-                 episodes_digest(target), student_path.name, seeds)  # fmt: skip
-    final = cache / "adapters" / f"{kind}-p{pretrain_seed}a{adapter_seed}-{key}"
-    marker = final / ("model.safetensors" if kind == "kv_only" else "adapter_config.json")
-    if marker.is_file():
+    final = adapter_folder(values, cache, kind, hyper, student_path, target, seeds, budget)
+    if adapter_trained(final, kind):
         return final, json.loads((final / "training.json").read_text())
     student = WorldActionModel.from_pretrained(student_path)
     seed = adapter_seed_of(pretrain_seed, adapter_seed)
@@ -248,6 +268,7 @@ def train_adapter(
         learning_rate=hyper["learning_rate"], seed=seed,
         teacher=teacher if kind not in ("lora", "lora_kv", "kv_only") else None,
         checkpoint=cache / "adapters" / f"{final.name}.ckpt", desc=f"train {kind} p{pretrain_seed}a{adapter_seed}",
+        progress=progress,
     )  # fmt: skip
     record = {
         "kind": kind,
@@ -263,6 +284,78 @@ def train_adapter(
     }
     save_stage(model, record, final)
     return final, record
+
+
+@dataclass(frozen=True)
+class AdapterJob:
+    """One `train_adapter` call, picklable for a training worker: the teacher by its folder, not as a model."""
+
+    values: dict[str, Any]
+    cache: Path
+    kind: str
+    hyper: dict[str, Any]
+    teacher: Optional[Path]
+    student_path: Path
+    target: list
+    seeds: tuple[int, int]
+    budget: int
+    threads: int = 1
+
+    @property
+    def folder(self) -> Path:
+        return adapter_folder(
+            self.values, self.cache, self.kind, self.hyper, self.student_path, self.target, self.seeds, self.budget
+        )
+
+
+def load_teacher(folder: Path):
+    from peft_ckt.wam.modeling import WorldActionModel
+
+    teacher = WorldActionModel.from_pretrained(folder)
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def run_adapter_job(job: AdapterJob) -> str:
+    """Trains `job` in a training worker (the settings `run_experiment` fixes for the main process, set again here:
+    a spawned worker starts from torch's defaults)."""
+    torch.set_num_threads(job.threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    teacher = load_teacher(job.teacher) if job.teacher is not None else None
+    folder, _ = train_adapter(
+        job.values, job.cache, job.kind, job.hyper, teacher, job.student_path, job.target, job.seeds, job.budget,
+        progress=False,
+    )  # fmt: skip
+    return folder.name
+
+
+def train_adapters(jobs: list[AdapterJob], workers: int, progress: bool = True) -> int:
+    """Trains the `jobs` not trained yet, `workers` at a time in spawned worker processes (1 or fewer: here, one
+    after the other); returns how many were trained. Each training is seeded on its own (`adapter_seed_of`) and
+    runs on `job.threads` threads, so the order and the worker change no float. A worker dies with this process;
+    a stopped training resumes from its checkpoint."""
+    from peft_ckt.libero.workers import run_jobs
+
+    todo = {job.folder: job for job in jobs if not adapter_trained(job.folder, job.kind)}
+    if not todo:
+        return 0
+    if workers <= 1 or len(todo) == 1:
+        threads = torch.get_num_threads()
+        try:
+            for job in todo.values():
+                torch.set_num_threads(job.threads)
+                teacher = load_teacher(job.teacher) if job.teacher is not None else None
+                train_adapter(job.values, job.cache, job.kind, job.hyper, teacher, job.student_path, job.target,
+                              job.seeds, job.budget, progress=progress)  # fmt: skip
+        finally:
+            torch.set_num_threads(threads)
+        return len(todo)
+    # Longest first (CKT runs the teacher each step): the last worker to finish then waits least.
+    ordered = sorted(todo.values(), key=lambda job: job.teacher is None)
+    names = run_jobs(run_adapter_job, ordered, min(workers, len(ordered)), "adapter trainings", progress, "training")
+    for name in names:
+        logger.info(f"trained {name}")
+    return len(todo)
 
 
 def ckt_budget(values, teacher, student_path: Path) -> int:
