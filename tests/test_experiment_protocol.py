@@ -200,6 +200,7 @@ def test_demo_flags_are_checked_before_anything_runs(tmp_path, capsys):
         (["--quick"], "--quick goes with --demo"),
         (["--demo", "--tiny"], "--demo has its own settings"),
         (["--workers", "0", "--exploratory"], "--workers must be >= 1"),
+        (["--train-workers", "0"], "--train-workers must be >= 1"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             main([*argv, "--output", str(tmp_path)])
