@@ -191,6 +191,14 @@ def test_a_toy_run_goes_through_every_stage_and_resumes_without_redoing_anything
     assert log.read_text().count("\n") == played
     assert again["questions"]["Q1"]["primary"] == q1["primary"]
     assert (tmp_path / "report.md").read_text().startswith("# Pre-registered LIBERO transfer experiment")
+    # Publishing copies the report, the plot and the episode log; an exploratory run only when asked for.
+    from experiments.libero_transfer.experiment import publish
+
+    with pytest.raises(ValueError, match="exploratory"):
+        publish(tmp_path, tmp_path / "published")
+    copied = publish(tmp_path, tmp_path / "published", allow_exploratory=True)
+    assert copied == ["report.json", "report.md", "success_Q1.png", "rollouts/episodes.jsonl"]
+    assert (tmp_path / "published" / "rollouts" / "episodes.jsonl").read_text() == log.read_text()
 
 
 def test_demo_flags_are_checked_before_anything_runs(tmp_path, capsys):

@@ -556,6 +556,36 @@ def run_experiment(
     return report
 
 
+PUBLISHED = ("report.json", "report.md", "success_Q1.png", "success_Q2.png", "rollouts/episodes.jsonl",
+             "official/episodes.jsonl")  # fmt: skip
+
+
+def publish(output: Path, target: Path = COMMITTED_REPORT.parent, allow_exploratory: bool = False) -> list[str]:
+    """Copies a run's report, plots and per-episode logs from `output` into `target` (`docs/results/experiment`, to
+    be committed), replacing what `target` held all at once; returns the files copied. Refuses a folder without a
+    report, and an exploratory one (`make demo`'s, a `--tiny` run) unless `allow_exploratory`: only the
+    pre-registered run is published, whatever phases it has done (the report says which)."""
+    import shutil
+
+    from peft_ckt.atomic import commit_directory
+
+    report_file = output / "report.json"
+    if not report_file.is_file():
+        raise ValueError(f"{output} holds no report.json: run the experiment first")
+    if json.loads(report_file.read_text()).get("exploratory") and not allow_exploratory:
+        raise ValueError(f"{report_file} is exploratory: only the pre-registered run is published to {target}")
+    staging = target.with_name(f"{target.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    copied = []
+    for name in PUBLISHED:
+        if (output / name).is_file():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(output / name, staging / name)
+            copied.append(name)
+    commit_directory(staging, target)
+    return copied
+
+
 def planned_counts(values: dict[str, dict[str, Any]]) -> dict[str, int]:
     """What a full run of `values` (per question) trains and plays: models, tuning runs, adapters, rollouts."""
     questions = list(values.values())
@@ -649,6 +679,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--status", action="store_true", help="Print what --output holds against the plan; run nothing."
     )
+    parser.add_argument(
+        "--publish", action="store_true",
+        help="Copy --output's report, plots and episode logs into docs/results/experiment (to commit); run nothing.",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     overrides: dict[str, Any] = {}
@@ -677,6 +711,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--workers must be >= 1; got {args.workers}")
     if args.train_workers is not None and args.train_workers < 1:
         parser.error(f"--train-workers must be >= 1; got {args.train_workers}")
+    if args.publish:
+        try:
+            copied = publish(Path(args.output))
+        except ValueError as error:
+            parser.exit(2, f"error: {error}\n")
+        print(f"published {', '.join(copied)} into {COMMITTED_REPORT.parent}")
+        return 0
     if args.status:
         questions = [q.strip() for q in args.questions.split(",") if q.strip()]
         for line in status(Path(args.output), {q: question_values(q, overrides) for q in questions}):
