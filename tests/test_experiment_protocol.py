@@ -197,7 +197,8 @@ def test_a_toy_run_goes_through_every_stage_and_resumes_without_redoing_anything
     with pytest.raises(ValueError, match="exploratory"):
         publish(tmp_path, tmp_path / "published")
     copied = publish(tmp_path, tmp_path / "published", allow_exploratory=True)
-    assert copied == ["report.json", "report.md", "success_Q1.png", "rollouts/episodes.jsonl"]
+    assert copied == ["report.json", "report.md", "success_Q1.png", "timing.json", "rollouts/episodes.jsonl"]
+    assert again["timing_all_sessions"]["sessions"] == 2  # both invocations, in timing.json
     assert (tmp_path / "published" / "rollouts" / "episodes.jsonl").read_text() == log.read_text()
 
 
@@ -288,3 +289,33 @@ def test_adapter_trainings_in_two_workers_give_the_floats_of_one_after_the_other
     first = load_file(jobs(tmp_path / "pool")[0].folder / "adapter_model.safetensors")
     second = load_file(jobs(tmp_path / "pool")[1].folder / "adapter_model.safetensors")
     assert any(not torch.equal(first[k], second[k]) for k in first)  # adapter seeds 0 and 1 differ
+
+
+def test_the_time_ledger_sums_sessions_and_keeps_a_killed_sessions_count(tmp_path):
+    """`timing.json` holds one entry per invocation; one killed with SIGKILL keeps what its minute writer saved."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from experiments.libero_transfer.ledger import TimeLedger
+
+    path = tmp_path / "timing.json"
+    first = TimeLedger(path).start()
+    first.update({"collect": 5.0})
+    first.close()
+    script = (
+        "import sys, time; from pathlib import Path; from experiments.libero_transfer.ledger import TimeLedger; "
+        f"ledger = TimeLedger(Path({str(path)!r}), every=0.1).start(); ledger.update({{'trainings': 2.0}}); "
+        "print('ready', flush=True); time.sleep(60)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "ready"
+    time.sleep(0.5)  # a few minute-writer ticks (every 0.1 s here)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    sessions = json.loads(path.read_text())["sessions"]
+    assert len(sessions) == 2 and sessions[1]["seconds"]["trainings"] == 2.0
+    assert sessions[1]["seconds"]["total"] >= 0.3  # counted up to its last tick, not lost with the kill
+    totals = TimeLedger(path).totals()
+    assert totals["sessions"] == 2 and totals["seconds"]["collect"] == 5.0 and totals["seconds"]["trainings"] == 2.0

@@ -29,6 +29,7 @@ from peft_ckt.atomic import write_json, write_text
 
 from . import protocol_stages as stages
 from .analysis import analyse, policy_id
+from .ledger import TimeLedger
 from .plan import (
     INFERENCE_CONTROLS,
     TRAINED_CONTROLS,
@@ -122,6 +123,7 @@ class Experiment:
         self.policies: dict[str, dict[str, str]] = {q: {} for q in questions}  # question -> {policy id: folder}
         self.tuning: dict[str, Any] = {}
         self.timing: dict[str, float] = {}
+        self.ledger: TimeLedger | None = None  # the seconds of every session on this output (`timing.json`)
         self.fixed_tuning: dict[str, dict[str, tuple[dict, str]]] | None = None
         self.label = "the pre-registered experiment"
         self.official_tasks: list[str] = []  # set by the `official` phase
@@ -201,6 +203,7 @@ class Experiment:
         t = time.perf_counter()
         if stages.train_adapters(jobs, self.train_workers, self.progress):
             self.timing["trainings"] = self.timing.get("trainings", 0.0) + time.perf_counter() - t
+            self.record_time()
 
     def tune(self, question: str) -> None:
         values = self.questions[question]
@@ -360,6 +363,10 @@ class Experiment:
         }
         return self._inference[key]
 
+    def record_time(self) -> None:
+        if self.ledger is not None:
+            self.ledger.update(self.timing)
+
     # ------------------------------------------------------------------------------------------- report
     def report(self, statuses: dict[str, Any], phases_done: list[str], resamples: int | None = None) -> dict:
         report: dict[str, Any] = {
@@ -377,6 +384,7 @@ class Experiment:
             self.timing[f"rollouts {question}"] = (
                 self.timing.get(f"rollouts {question}", 0.0) + time.perf_counter() - t
             )
+            self.record_time()
             result = analyse(values, rows, resamples)
             result["tuning"] = {
                 method: self.tuning.get((question, method))
@@ -400,6 +408,8 @@ class Experiment:
             plot_question(result, values["suite"], self.output / f"success_{question}.png")
         # Seconds of this invocation (a resumed run counts only what it did itself).
         report["timing"] = {k: round(v, 1) for k, v in self.timing.items()}
+        if self.ledger is not None:  # and what every session on this output took, killed ones included
+            report["timing_all_sessions"] = self.ledger.totals()
         write_json(self.output / "report.json", report)
         write_text(self.output / "report.md", markdown(report))
         return report
@@ -456,6 +466,13 @@ def markdown(report: dict[str, Any]) -> str:
     if report["exploratory"]:
         lines += ["**Exploratory run**: its settings are not the registered ones (docs/protocol.md).", ""]
     lines += [f"Phases run: {', '.join(report['phases_done']) or 'none'}.", ""]
+    if "timing_all_sessions" in report:
+        every = report["timing_all_sessions"]
+        lines += [
+            f"Wall time: {every['seconds'].get('total', 0.0) / 3600:.1f} h over {every['sessions']} session(s) "
+            f"(this one {report['timing'].get('total', 0.0) / 3600:.1f} h; `timing.json`).",
+            "",
+        ]
     for question, result in report["questions"].items():
         primary = result["primary"]
         lines += [f"## {question}" + (" (exploratory)" if result["exploratory"] else ""), ""]
@@ -540,23 +557,29 @@ def run_experiment(
         run.fixed_tuning = {q: demo_tuning(v) for q, v in values.items()}
         run.label = "make demo: one seed (pretraining 0, adapter 0) of the primary comparison, not the result"
     started = time.perf_counter()
-    # The demo tunes nothing: it needs no validation demonstrations.
-    run.pool = stages.collect(values, run.cache, workers, progress, exclude=("validation",) if demo else ())
-    run.timing["collect"] = time.perf_counter() - started
-    done: list[str] = []
-    report: dict[str, Any] = {}
-    # `primary` always runs (cached after the first time): the later phases need its models and tuned settings.
-    for phase in [p for p in PHASES if p == "primary" or p in phases]:
-        t = time.perf_counter()
-        getattr(run, phase)()
-        done.append(phase)
-        run.timing[phase] = time.perf_counter() - t
-        run.timing["total"] = time.perf_counter() - started  # this session's, up to the report's rollouts
-        report = run.report(statuses, done, resamples)  # the rollouts of every row planned so far, then the report
+    run.ledger = TimeLedger(out / "timing.json").start()
+    try:
+        # The demo tunes nothing: it needs no validation demonstrations.
+        run.pool = stages.collect(values, run.cache, workers, progress, exclude=("validation",) if demo else ())
+        run.timing["collect"] = time.perf_counter() - started
+        run.record_time()
+        done: list[str] = []
+        report: dict[str, Any] = {}
+        # `primary` always runs (cached after the first time): the later phases need its models and tuned settings.
+        for phase in [p for p in PHASES if p == "primary" or p in phases]:
+            t = time.perf_counter()
+            getattr(run, phase)()
+            done.append(phase)
+            run.timing[phase] = time.perf_counter() - t
+            run.timing["total"] = time.perf_counter() - started  # this session's, up to the report's rollouts
+            run.record_time()
+            report = run.report(statuses, done, resamples)  # the rollouts of every row planned so far, the report
+    finally:
+        run.ledger.close()
     return report
 
 
-PUBLISHED = ("report.json", "report.md", "success_Q1.png", "success_Q2.png", "rollouts/episodes.jsonl",
+PUBLISHED = ("report.json", "report.md", "success_Q1.png", "success_Q2.png", "timing.json", "rollouts/episodes.jsonl",
              "official/episodes.jsonl")  # fmt: skip
 
 
@@ -657,6 +680,10 @@ def status(output: Path, values: dict[str, dict[str, Any]]) -> list[str]:
     report = output / "report.json"
     if report.is_file():
         lines.append(f"report: phases done {json.loads(report.read_text()).get('phases_done')}")
+    if (output / "timing.json").is_file():
+        sessions = json.loads((output / "timing.json").read_text())["sessions"]
+        hours = sum(s["seconds"].get("total", 0.0) for s in sessions) / 3600
+        lines.append(f"wall time so far: {hours:.1f} h over {len(sessions)} session(s)")
     return lines
 
 
