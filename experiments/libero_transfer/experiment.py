@@ -225,12 +225,7 @@ class Experiment:
 
     def train(self, question: str, kind: str, method: str, seeds: tuple[int, int]) -> tuple[Path, dict]:
         """An adapter of `kind` with `method`'s tuned setting ("ckt" or "lora") at `(pretrain, adapter)` seeds."""
-        job = self.job(question, kind, method, seeds)
-        teacher = self.teacher(seeds[0]) if job.teacher is not None else None
-        return stages.train_adapter(
-            job.values, job.cache, kind, job.hyper, teacher, job.student_path, job.target, job.seeds, job.budget,
-            progress=self.progress,
-        )  # fmt: skip
+        return stages.train_job(self.job(question, kind, method, seeds), self.progress)
 
     def rollouts(self, question: str) -> list[dict[str, Any]]:
         return stages.rollouts(

@@ -316,17 +316,23 @@ def load_teacher(folder: Path):
     return teacher
 
 
+def train_job(job: AdapterJob, progress: bool = True) -> tuple[Path, dict[str, Any]]:
+    """`train_adapter` for `job`, its teacher loaded from its folder (only when there is something to train)."""
+    teacher = (
+        load_teacher(job.teacher) if job.teacher is not None and not adapter_trained(job.folder, job.kind) else None
+    )
+    return train_adapter(
+        job.values, job.cache, job.kind, job.hyper, teacher, job.student_path, job.target, job.seeds, job.budget,
+        progress=progress,
+    )  # fmt: skip
+
+
 def run_adapter_job(job: AdapterJob) -> str:
     """Trains `job` in a training worker (the settings `run_experiment` fixes for the main process, set again here:
     a spawned worker starts from torch's defaults)."""
     torch.set_num_threads(job.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    teacher = load_teacher(job.teacher) if job.teacher is not None else None
-    folder, _ = train_adapter(
-        job.values, job.cache, job.kind, job.hyper, teacher, job.student_path, job.target, job.seeds, job.budget,
-        progress=False,
-    )  # fmt: skip
-    return folder.name
+    return train_job(job, progress=False)[0].name
 
 
 def train_adapters(jobs: list[AdapterJob], workers: int, progress: bool = True) -> int:
@@ -344,9 +350,7 @@ def train_adapters(jobs: list[AdapterJob], workers: int, progress: bool = True) 
         try:
             for job in todo.values():
                 torch.set_num_threads(job.threads)
-                teacher = load_teacher(job.teacher) if job.teacher is not None else None
-                train_adapter(job.values, job.cache, job.kind, job.hyper, teacher, job.student_path, job.target,
-                              job.seeds, job.budget, progress=progress)  # fmt: skip
+                train_job(job, progress)
         finally:
             torch.set_num_threads(threads)
         return len(todo)
