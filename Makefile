@@ -29,11 +29,12 @@ test: install
 	$(VENV)/bin/ruff check peft_ckt tests examples benchmarks experiments integrations
 	$(PY) -m pytest -q -x tests
 
-# One seed of the pre-registered Q1 comparison (docs/protocol.md), labelled as such; QUICK=1: the same at toy counts.
+# One seed of the pre-registered Q1 comparison (docs/protocol.md), labelled as such; QUICK=1: the same at toy counts;
+# PRETRAIN_TEACHER=1: pretrain the teacher here rather than load the experiment's committed one (~15 min more).
 demo: install
-	$(PY) -m experiments.libero_transfer.experiment --demo $(if $(QUICK),--quick)
+	$(PY) -m experiments.libero_transfer.experiment --demo $(if $(QUICK),--quick) $(if $(PRETRAIN_TEACHER),--pretrain-teacher)
 
-# The pre-registered experiment (docs/protocol.md): ~9-10 h on 2 CPU cores, cached and resumable; rerun to resume.
+# The pre-registered experiment (docs/protocol.md): ~20 h on 2 CPU cores, cached and resumable; rerun to resume.
 EXPERIMENT_OUTPUT ?= outputs/experiment
 experiment: install
 	$(PY) -m experiments.libero_transfer.experiment --output $(EXPERIMENT_OUTPUT) $(if $(PHASES),--phases $(PHASES))

@@ -4,6 +4,7 @@ paired analysis on rows with known answers, the control policies, and one toy ru
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 from scipy.stats import binomtest
 
 from experiments.libero_transfer.analysis import analyse, holm, policy_id
+from experiments.libero_transfer.experiment import TINY, committed_teacher
 from experiments.libero_transfer.plan import (
     collection_groups,
     demo_sets,
@@ -201,23 +203,88 @@ def test_a_toy_run_goes_through_every_stage_and_resumes_without_redoing_anything
     assert again["timing_all_sessions"]["sessions"] == 2  # both invocations, in timing.json
     assert (tmp_path / "published" / "rollouts" / "episodes.jsonl").read_text() == log.read_text()
 
+    # The demo's path: the run's teacher, published and loaded into a new run, stands in for pretraining it (its
+    # demonstrations are not collected); the same seeds then give the same adapters and the same episodes.
+    from experiments.libero_transfer.experiment import publish_teacher, publish_tuning
+
+    shipped = publish_teacher(tmp_path, tmp_path / "teacher", overrides)
+    tuning = json.loads(publish_tuning(tmp_path, tmp_path / "tuning.json").read_text())
+    assert tuning["Q1"]["ckt"]["chosen"] == q1["tuning"]["ckt"]["chosen"] and set(tuning["Q1"]) == {"ckt", "lora"}
+    demo = run_experiment(
+        ["Q1"], tmp_path / "demo", ["primary"], exploratory=True, overrides=overrides, progress=False,
+        teacher=shipped,
+    )  # fmt: skip
+    assert (
+        "committed in teacher" in demo["teacher"] and q1["policies"] and "pretrained in this run" in report["teacher"]
+    )
+
+    def train_folders(output: Path) -> dict[str, int]:  # demonstrations of the training split, per severity
+        return {
+            f.name.split("-")[1]: len((f / "meta" / "episodes.jsonl").read_text().splitlines())
+            for f in (output / "cache" / "data").glob("train-*")
+        }
+
+    ran, shipped_run = train_folders(tmp_path), train_folders(tmp_path / "demo")
+    assert set(ran) == {"s0", "s2"} and set(shipped_run) == {"s0"}  # no perturbed teacher demonstrations
+    assert shipped_run["s0"] < ran["s0"]  # nor the teacher's clean ones of other tasks
+    teachers = sorted(f.name for f in (tmp_path / "demo" / "cache" / "models").glob("teacher-*"))
+    assert teachers == [Path(q1["policies"]["teacher@p0"]).name]
+    assert demo["questions"]["Q1"]["primary"] == q1["primary"]
+    for pid in ("student+ckt@p0a0", "student+lora@p0a1"):
+        ours, theirs = Path(q1["policies"][pid]), Path(demo["questions"]["Q1"]["policies"][pid])
+        assert (ours / "adapter_model.safetensors").read_bytes() == (theirs / "adapter_model.safetensors").read_bytes()
+    # With other settings than the published teacher's, the teacher is pretrained and the report says why.
+    other = json.loads(json.dumps(overrides))
+    other["models"]["teacher"]["steps"] += 1
+    _, why = committed_teacher(question_values("Q1", other), shipped)
+    assert "other settings" in why
+
+
+def test_the_committed_teacher_is_the_registered_one_and_is_checked(tmp_path):
+    import shutil
+
+    from experiments.libero_transfer.experiment import COMMITTED_TEACHER, DEMO
+    from peft_ckt.wam.modeling import WorldActionModel
+
+    demo = question_values("Q1", json.loads(json.dumps(DEMO)))
+    for values in (demo, question_values("Q1"), question_values("Q2")):
+        assert committed_teacher(values)[0] == COMMITTED_TEACHER
+    teacher = WorldActionModel.from_pretrained(COMMITTED_TEACHER)
+    assert teacher.backbone_type == "wan" and len(teacher.backbone.blocks) == demo["models"]["teacher"]["layers"]
+    assert committed_teacher(question_values("Q1", json.loads(json.dumps(TINY))))[0] is None
+    assert "no committed teacher" in committed_teacher(demo, tmp_path / "absent")[1]
+    tampered = tmp_path / "tampered"
+    shutil.copytree(COMMITTED_TEACHER, tampered)
+    weights = bytearray((tampered / "model.safetensors").read_bytes())
+    weights[-1] ^= 1
+    (tampered / "model.safetensors").write_bytes(bytes(weights))
+    assert committed_teacher(demo, tampered) == (
+        None,
+        f"{tampered / 'model.safetensors'} does not match the checksum in plan.json",
+    )
+
 
 def test_demo_flags_are_checked_before_anything_runs(tmp_path, capsys):
-    from experiments.libero_transfer.experiment import COMMITTED_REPORT, demo_tuning, main
+    from experiments.libero_transfer.experiment import COMMITTED_REPORT, COMMITTED_TUNING, demo_tuning, main
 
     for argv, message in (
         (["--quick"], "--quick goes with --demo"),
         (["--demo", "--tiny"], "--demo has its own settings"),
+        (["--pretrain-teacher"], "--pretrain-teacher goes with --demo"),
         (["--workers", "0", "--exploratory"], "--workers must be >= 1"),
         (["--train-workers", "0"], "--train-workers must be >= 1"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             main([*argv, "--output", str(tmp_path)])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
-    # Before a committed experiment exists, the demo takes the first registered candidate and says so.
+    # The demo takes the setting the committed experiment chose on validation (its report, or before the report the
+    # tuning committed for the demo); before either exists, the first registered candidate, and it says so.
     chosen = demo_tuning(question_values("Q1"))
-    if COMMITTED_REPORT.is_file():
+    if COMMITTED_REPORT.is_file() or COMMITTED_TUNING.is_file():
         assert "committed experiment" in chosen["ckt"][1]
+        if not COMMITTED_REPORT.is_file():
+            committed = json.loads(COMMITTED_TUNING.read_text())["Q1"]
+            assert {m: chosen[m][0] for m in chosen} == {m: committed[m]["chosen"] for m in ("ckt", "lora")}
     else:
         assert chosen["ckt"][0] == tuning_candidates(question_values("Q1"), "ckt")[0]
         assert "first registered candidate" in chosen["ckt"][1]

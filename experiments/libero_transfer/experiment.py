@@ -36,6 +36,7 @@ from .plan import (
     collection_groups,
     demo_sets,
     question_values,
+    teacher_plan,
     test_conditions,
     trainings,
     tuning_candidates,
@@ -72,7 +73,13 @@ TINY: dict[str, Any] = {
 }
 
 
-COMMITTED_REPORT = Path(__file__).resolve().parents[2] / "docs" / "results" / "experiment" / "report.json"
+REPOSITORY = Path(__file__).resolve().parents[2]
+COMMITTED_REPORT = REPOSITORY / "docs" / "results" / "experiment" / "report.json"
+# What `make demo` takes from the experiment before its report exists (`--publish-for-demo`): the teacher at
+# pretraining seed 0, loaded rather than spend ~15 of the demo's minutes pretraining it again (once its `plan.json`
+# shows it was pretrained with the registered settings), and each method's setting chosen on validation.
+COMMITTED_TEACHER = COMMITTED_REPORT.parents[1] / "experiment-for-demo" / "teacher-p0"
+COMMITTED_TUNING = COMMITTED_TEACHER.parent / "tuning.json"
 # `make demo`: one seed of Q1's primary comparison (teacher, student, student+LoRA, student+CKT at pretraining seed 0
 # and adapter seed 0) on one test init state per task, labelled as one seed; ~30 min on 2 CPU cores.
 DEMO: dict[str, Any] = {"seeds": {"pretrain": [0], "adapter": [0]}, "data": {"test": {"inits": [40]}}}
@@ -85,17 +92,131 @@ DEMO_QUICK: dict[str, Any] = {
 
 
 def demo_tuning(values: dict[str, Any]) -> dict[str, tuple[dict[str, Any], str]]:
-    """Each method's setting for the demo and where it comes from."""
+    """Each method's setting for the demo and where it comes from: the committed report's tuning, else the tuning
+    committed for the demo before the report (`COMMITTED_TUNING`), else the first registered candidate."""
     question = values["question"]
-    if COMMITTED_REPORT.is_file():
-        tuning = json.loads(COMMITTED_REPORT.read_text())["questions"].get(question, {}).get("tuning", {})
+    for committed in (COMMITTED_REPORT, COMMITTED_TUNING):
+        if not committed.is_file():
+            continue
+        data = json.loads(committed.read_text())
+        tuning = (
+            data["questions"].get(question, {}).get("tuning", {})
+            if committed == COMMITTED_REPORT
+            else data.get(question, {})
+        )
         layers = values["models"]["teacher"]["layers"]
         fits = tuning.get("ckt", {}).get("chosen", {}).get("teacher_layer", layers) < layers  # not at toy sizes
         if fits and all(tuning.get(m, {}).get("chosen") for m in ("ckt", "lora")):
-            source = f"chosen on validation by the committed experiment ({COMMITTED_REPORT.name})"
+            source = f"chosen on validation by the committed experiment ({committed.relative_to(REPOSITORY)})"
             return {m: (tuning[m]["chosen"], source) for m in ("ckt", "lora")}
     source = "the first registered candidate (no committed experiment tuning yet)"
     return {m: (tuning_candidates(values, m)[0], source) for m in ("ckt", "lora")}
+
+
+def committed_teacher(values: dict[str, Any], folder: Path = COMMITTED_TEACHER) -> tuple[Path | None, str]:
+    """`(folder, why)`: the committed teacher if `folder` holds one pretrained with `values`' teacher plan at
+    pretraining seed 0 (`plan.teacher_plan`), else `(None, why not)`."""
+    import hashlib
+
+    plan_file = folder / "plan.json"
+    if not plan_file.is_file():
+        return None, f"no committed teacher in {folder}"
+    shipped = json.loads(plan_file.read_text())
+    if shipped["plan"] != json.loads(json.dumps(teacher_plan(values, 0))):
+        return None, f"the teacher in {folder} was pretrained with other settings than these"
+    weights = (folder / "model.safetensors").read_bytes()
+    if hashlib.sha256(weights).hexdigest() != shipped["sha256"]:
+        return None, f"{folder / 'model.safetensors'} does not match the checksum in {plan_file.name}"
+    return (
+        folder,
+        f"the experiment's teacher at pretraining seed 0, committed in {folder.name} ({shipped['cache_name']})",
+    )
+
+
+def publish_teacher(output: Path, target: Path = COMMITTED_TEACHER, overrides: dict[str, Any] | None = None) -> Path:
+    """Copies the teacher that the run in `output` pretrained at seed 0 into `target` (to be committed) with its
+    `plan.json` (the teacher plan, its cache name and the weights' sha256). The run's demonstrations must be
+    collected and the teacher pretrained; returns `target`."""
+    import hashlib
+    import shutil
+
+    from peft_ckt.atomic import commit_directory
+    from peft_ckt.wam.tokenizer import build_vocabulary
+
+    cache = output / "cache"
+    # The run collected once for the questions it ran together: the whole protocol, or Q1 alone (as the demo does).
+    for names in (("Q1", "Q2"), ("Q1",)):
+        questions = {q: question_values(q, overrides) for q in names}
+        groups = collection_groups(questions)
+        if all((cache / "data" / name / "meta" / "episodes.jsonl").is_file() for name in groups):
+            break
+    else:
+        raise ValueError(f"{output} has not collected Q1's demonstrations: run the experiment's primary phase first")
+    values = questions["Q1"]
+    pool = stages.collect(questions, cache, workers=1, progress=False)
+    sets = {name: stages.demos(pool, s) for name, s in demo_sets(values).items()}
+    episodes = sets["teacher_clean"] + sets["teacher_perturbed"]
+    vocabulary = build_vocabulary(sorted({e["task"] for e in episodes}))
+    folder = stages.model_folder(values, cache, "teacher", 0, episodes, vocabulary)
+    if not (folder / "model.safetensors").is_file():
+        raise ValueError(
+            f"{output} holds no teacher pretrained at seed 0 ({folder.name}): run the primary phase first"
+        )
+    staging = target.with_name(f"{target.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(folder, staging)
+    write_json(staging / "plan.json", {
+        "plan": teacher_plan(values, 0), "cache_name": folder.name,
+        "sha256": hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest(),
+    })  # fmt: skip
+    training = json.loads((folder / "training.json").read_text())
+    write_text(staging / "README.md", TEACHER_CARD.format(
+        cache_name=folder.name, steps=values["models"]["teacher"]["steps"], episodes=len(episodes),
+        parameters=training.get("parameters", "?"),
+    ))  # fmt: skip
+    commit_directory(staging, target)
+    return target
+
+
+def publish_tuning(output: Path, target: Path = COMMITTED_TUNING) -> Path:
+    """Writes each question's tuning of the run in `output` (candidates, validation scores, the choice) to `target`:
+    chosen on validation demonstrations alone, it can be committed before any test rollout is looked at."""
+    tuning: dict[str, dict[str, Any]] = {}
+    for record in sorted((output / "cache" / "tuning").glob("*.json")):
+        question, method, _ = record.stem.split("-")
+        if method in tuning.setdefault(question, {}):
+            raise ValueError(f"{output} holds two tunings of {question} {method}: publish from a run of one setting")
+        tuning[question][method] = json.loads(record.read_text())
+    if not tuning:
+        raise ValueError(f"{output} holds no tuning yet: run the experiment's primary phase first")
+    write_json(target, tuning)
+    return target
+
+
+TEACHER_CARD = """---
+library_name: peft-ckt
+tags:
+- robotics
+- world-action-model
+- libero
+---
+
+# The experiment's teacher WAM at pretraining seed 0
+
+The Wan-backbone teacher of the pre-registered LIBERO experiment (`docs/protocol.md`), pretrained by
+`make experiment` at pretraining seed 0 ({steps} steps on {episodes} scripted demonstrations of libero_object, clean
+and perturbed; {parameters} parameters; cache name `{cache_name}`). Copied here with
+`python -m experiments.libero_transfer.experiment --publish-for-demo`.
+
+`make demo` loads it in place of pretraining it again, when `plan.json` (everything its pretraining depended on)
+equals the registered settings and the weights match its sha256; `make demo PRETRAIN_TEACHER=1` pretrains it instead.
+
+```python
+from peft_ckt.wam.modeling import WorldActionModel
+
+teacher = WorldActionModel.from_pretrained("docs/results/experiment-for-demo/teacher-p0")
+```
+"""
 
 
 class Experiment:
@@ -125,6 +246,8 @@ class Experiment:
         self.timing: dict[str, float] = {}
         self.ledger: TimeLedger | None = None  # the seconds of every session on this output (`timing.json`)
         self.fixed_tuning: dict[str, dict[str, tuple[dict, str]]] | None = None
+        self.shipped_teacher: Path | None = None  # a committed teacher used in place of pretraining at seed 0
+        self.teacher_source = "pretrained in this run"
         self.label = "the pre-registered experiment"
         self.official_tasks: list[str] = []  # set by the `official` phase
         self._sets: dict[str, dict[str, list[dict[str, Any]]]] = {}
@@ -150,9 +273,14 @@ class Experiment:
         for p in seeds:
             for question, values in self.questions.items():
                 sets = self.sets(question)
-                teacher_demos = sets["teacher_clean"] + sets["teacher_perturbed"]
-                vocab = build_vocabulary(sorted({e["task"] for e in teacher_demos}))
-                self.models[("teacher", p)] = stages.pretrain(values, self.cache, "teacher", p, teacher_demos, vocab)
+                if self.shipped_teacher is not None and p == 0:
+                    self.models[("teacher", p)] = self.load_shipped_teacher()
+                else:
+                    teacher_demos = sets["teacher_clean"] + sets["teacher_perturbed"]
+                    vocab = build_vocabulary(sorted({e["task"] for e in teacher_demos}))
+                    self.models[("teacher", p)] = stages.pretrain(
+                        values, self.cache, "teacher", p, teacher_demos, vocab
+                    )
                 words = values["data"]["student"]["vocabulary_tasks"]
                 vocab = build_vocabulary(instructions[t] for t in words if t in instructions)
                 self.models[("student", question, p)] = stages.pretrain(
@@ -160,6 +288,22 @@ class Experiment:
                 )
                 self.policies[question][policy_id("teacher", p)] = str(self.models[("teacher", p)][0])
                 self.policies[question][policy_id("student", p)] = str(self.models[("student", question, p)][0])
+
+    def load_shipped_teacher(self) -> tuple[Path, dict[str, Any]]:
+        """The committed teacher, copied into the cache under the name its own pretraining gave it."""
+        import shutil
+
+        from peft_ckt.atomic import commit_directory
+
+        shipped = self.shipped_teacher
+        assert shipped is not None
+        final = self.cache / "models" / json.loads((shipped / "plan.json").read_text())["cache_name"]
+        if not (final / "model.safetensors").is_file():
+            staging = final.with_name(final.name + ".partial")
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(shipped, staging)
+            commit_directory(staging, final)
+        return final, json.loads((final / "training.json").read_text())
 
     def budget(self, question: str) -> int:
         """CKT's trainable count on the question's student at the tuning seed (what LoRA's rank is matched to)."""
@@ -371,6 +515,7 @@ class Experiment:
             "phases_done": phases_done,
             "training_threads": torch.get_num_threads(),
             "label": self.label,
+            "teacher": self.teacher_source,
             "questions": {},
         }
         for question, values in self.questions.items():
@@ -524,12 +669,15 @@ def run_experiment(
     resamples: int | None = None,
     demo: bool = False,
     train_workers: int | None = None,
+    teacher: Path | None = None,
 ) -> dict[str, Any]:
     """Runs (or resumes) the protocol's `phases` for `questions`; returns the report (also written to `output`).
 
     `demo`: no tuning; each method's setting is the one the committed experiment chose (`COMMITTED_REPORT`), or,
     before there is one, the first registered candidate; the report says which. `train_workers`: adapter trainings
-    run at once, one thread each (default `workers`; 1 trains them here, one after the other)."""
+    run at once, one thread each (default `workers`; 1 trains them here, one after the other). `teacher`: a folder
+    written by `publish_teacher`, loaded in place of pretraining the teacher at seed 0 when it was pretrained with
+    these settings (`committed_teacher`); its demonstrations are then not collected. The report says which."""
     import peft_ckt  # noqa: F401
 
     values = {q: question_values(q, overrides) for q in questions}
@@ -537,13 +685,11 @@ def run_experiment(
     unknown = [p for p in phases if p not in PHASES]
     if unknown:
         raise ValueError(f"unknown phase(s) {unknown}; expected some of {PHASES}")
-    # One training thread, fixed: the same seeds then give the same floats on a machine, and a thread never waits on
-    # another that the simulation workers or anything else running took the core from (measured on 2 cores: a
-    # 2-thread pretraining slowed from ~6 to 0.2-0.4 steps/s beside one busy process).
-    # `make demo` runs alone on a user's machine: two threads there (measured on 2 idle cores: the teacher's
-    # pretraining at 2.8 steps/s against 2.5 with one).
-    threads = min(2, os.cpu_count() or 1) if demo else 1
-    torch.set_num_threads(int(os.environ.get("PEFT_CKT_NUM_THREADS", threads)))
+    # One training thread, fixed: the same seeds then give the same floats on a machine (`make demo` too: its models
+    # are then the experiment's at seed 0), and a thread never waits on another that the simulation workers or anything
+    # else running took the core from (measured on 2 cores: a 2-thread pretraining slowed from ~6 to 0.2-0.4 steps/s
+    # beside one busy process).
+    torch.set_num_threads(int(os.environ.get("PEFT_CKT_NUM_THREADS", 1)))
     torch.use_deterministic_algorithms(True, warn_only=True)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
@@ -551,11 +697,19 @@ def run_experiment(
     if demo:
         run.fixed_tuning = {q: demo_tuning(v) for q, v in values.items()}
         run.label = "make demo: one seed (pretraining 0, adapter 0) of the primary comparison, not the result"
+    excluded: tuple[str, ...] = ("validation",) if demo else ()  # the demo tunes nothing: no validation demos
+    if teacher is not None:
+        shipped, run.teacher_source = committed_teacher(next(iter(values.values())), teacher)
+        if shipped is not None and len({json.dumps(teacher_plan(v, 0)) for v in values.values()}) == 1:
+            run.shipped_teacher = shipped
+            excluded += ("teacher_clean", "teacher_perturbed")
+        else:
+            run.teacher_source = f"pretrained in this run ({run.teacher_source})"
+        logger.info(f"teacher at pretraining seed 0: {run.teacher_source}")
     started = time.perf_counter()
     run.ledger = TimeLedger(out / "timing.json").start()
     try:
-        # The demo tunes nothing: it needs no validation demonstrations.
-        run.pool = stages.collect(values, run.cache, workers, progress, exclude=("validation",) if demo else ())
+        run.pool = stages.collect(values, run.cache, workers, progress, exclude=excluded)
         run.timing["collect"] = time.perf_counter() - started
         run.record_time()
         done: list[str] = []
@@ -699,11 +853,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo", action="store_true", help="`make demo`: one seed of Q1's primary comparison.")
     parser.add_argument("--quick", action="store_true", help="With --demo: the same at toy counts.")
     parser.add_argument(
+        "--pretrain-teacher", action="store_true",
+        help="With --demo: pretrain the teacher here (~15 min more) rather than load the committed one.",
+    )  # fmt: skip
+    parser.add_argument(
         "--status", action="store_true", help="Print what --output holds against the plan; run nothing."
     )
     parser.add_argument(
         "--publish", action="store_true",
         help="Copy --output's report, plots and episode logs into docs/results/experiment (to commit); run nothing.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--publish-for-demo", action="store_true",
+        help=f"Copy --output's teacher at pretraining seed 0 and its tuning into docs/results/"
+        f"{COMMITTED_TEACHER.parent.name} (to commit: what `make demo` takes from the experiment); run nothing.",
     )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -719,6 +882,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--set is not JSON: {error}")
     if args.quick and not args.demo:
         parser.error("--quick goes with --demo")
+    if args.pretrain_teacher and not args.demo:
+        parser.error("--pretrain-teacher goes with --demo (the experiment always pretrains its teachers)")
     if args.demo:
         if overrides:
             parser.error("--demo has its own settings: drop --tiny / --set")
@@ -733,6 +898,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--workers must be >= 1; got {args.workers}")
     if args.train_workers is not None and args.train_workers < 1:
         parser.error(f"--train-workers must be >= 1; got {args.train_workers}")
+    if args.publish_for_demo:
+        try:
+            target = publish_teacher(Path(args.output))
+            tuning = publish_tuning(Path(args.output))
+        except ValueError as error:
+            parser.exit(2, f"error: {error}\n")
+        print(f"published the teacher at pretraining seed 0 into {target} and the tuning into {tuning}")
+        return 0
     if args.publish:
         try:
             copied = publish(Path(args.output))
@@ -750,6 +923,7 @@ def main(argv: list[str] | None = None) -> int:
             [q.strip() for q in args.questions.split(",") if q.strip()], args.output,
             [p.strip() for p in args.phases.split(",") if p.strip()], args.exploratory, overrides, args.workers,
             demo=args.demo, train_workers=args.train_workers,
+            teacher=COMMITTED_TEACHER if args.demo and not args.pretrain_teacher else None,
         )  # fmt: skip
     except ValueError as error:
         parser.exit(2, f"error: {error}\n")

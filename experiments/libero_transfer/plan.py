@@ -127,6 +127,25 @@ def collection_groups(
     return out
 
 
+def teacher_plan(values: dict[str, Any], pretrain_seed: int) -> dict[str, Any]:
+    """Everything the teacher's pretraining at `pretrain_seed` depends on, known before any collection: its settings,
+    the shared model settings, the collection's settings and the (task, kind, init) of its demonstrations. Equal
+    plans give the same teacher on a machine (the committed teacher of `make demo` is checked against it)."""
+    models = values["models"]
+    sets = demo_sets(values)
+    return {
+        "teacher": models["teacher"],
+        "shared": {k: models[k] for k in ("text_dim", "future_pool", "future_residual", "batch_size", "optimizer")},
+        "collection": {
+            "suite": values["suite"], "image_size": values["image_size"], "image_stride": values["image_stride"],
+            "episode_seed": values["rollouts"]["episode_seed"], "severity": values["data"]["teacher"]["severity"],
+        },
+        "demonstrations": sorted(sets["teacher_clean"].episodes() + sets["teacher_perturbed"].episodes()),
+        "pretrain_seed": pretrain_seed,
+        "seed": pretrain_seed_of(values, "teacher", pretrain_seed),
+    }  # fmt: skip
+
+
 def pretrain_seed_of(values: dict[str, Any], role: str, pretrain_seed: int) -> int:
     """Seed of a WAM's initial weights and batches: the teacher and the student draw apart."""
     return 1_000 * pretrain_seed + (1 if role == "teacher" else 2)

@@ -88,6 +88,15 @@ def episodes_digest(episodes: list[dict[str, Any]]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- pretraining
+def model_folder(values, cache: Path, role: str, pretrain_seed: int, episodes, vocabulary: list[str]) -> Path:
+    """Where the WAM of `role` pretrained at `pretrain_seed` on `episodes` is cached (named by what it depends on)."""
+    spec = values["models"][role]
+    models = values["models"]
+    shared = {k: models[k] for k in ("text_dim", "future_pool", "future_residual", "batch_size", "optimizer")}
+    key = digest(role, spec, shared, values["image_size"], pretrain_seed, episodes_digest(episodes), vocabulary)
+    return cache / "models" / f"{role}-p{pretrain_seed}-{key}"
+
+
 def pretrain(values, cache: Path, role: str, pretrain_seed: int, episodes, vocabulary: list[str]):
     """Pretrain (or load) the teacher (Wan) or a student (Cosmos) WAM; returns `(folder, record)`."""
     from peft_ckt.wam.data import ChunkDataset
@@ -96,9 +105,7 @@ def pretrain(values, cache: Path, role: str, pretrain_seed: int, episodes, vocab
 
     spec = values["models"][role]
     models = values["models"]
-    shared = {k: models[k] for k in ("text_dim", "future_pool", "future_residual", "batch_size", "optimizer")}
-    key = digest(role, spec, shared, values["image_size"], pretrain_seed, episodes_digest(episodes), vocabulary)
-    final = cache / "models" / f"{role}-p{pretrain_seed}-{key}"
+    final = model_folder(values, cache, role, pretrain_seed, episodes, vocabulary)
     if (final / "model.safetensors").is_file():
         return final, json.loads((final / "training.json").read_text())
     chunk = (values["image_size"] // 8) ** 2
