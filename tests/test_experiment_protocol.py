@@ -386,3 +386,9 @@ def test_the_time_ledger_sums_sessions_and_keeps_a_killed_sessions_count(tmp_pat
     assert sessions[1]["seconds"]["total"] >= 0.3  # counted up to its last tick, not lost with the kill
     totals = TimeLedger(path).totals()
     assert totals["sessions"] == 2 and totals["seconds"]["collect"] == 5.0 and totals["seconds"]["trainings"] == 2.0
+    assert json.loads(path.read_text())["sessions"] == sessions  # reading the totals rewrites nothing
+    running = TimeLedger(path).start()
+    time.sleep(0.3)
+    now = running.totals()
+    running.close()
+    assert now["sessions"] == 3 and now["this_session"] >= 0.3  # this session's seconds up to the call

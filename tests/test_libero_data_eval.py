@@ -228,6 +228,23 @@ def test_collect_writes_a_loadable_dataset(tmp_path):
     assert np.abs(item["action"][:3]).max() > 0.05
 
 
+def test_collected_episodes_are_written_in_job_order_whatever_order_the_workers_finish(tmp_path):
+    from peft_ckt.libero.collect import CollectJob, collect_into
+    from peft_ckt.libero.dataset import LeRobotDatasetWriter
+
+    # The first job runs 40 times longer than the second: with two workers the second finishes first.
+    jobs = [
+        ("demos", CollectJob("libero_object", task, 0, "none", 1, 32, 7, True, steps))
+        for task, steps in ((0, 160), (1, 4))
+    ]
+    writer = LeRobotDatasetWriter(tmp_path / "demos", image_size=(32, 32))
+    written = [result["task_id"] for _, result, _ in collect_into(jobs, {"demos": writer}, 2, "collect", False)]
+    writer.finalize()
+    assert written == [0, 1] and [e["task_id"] for e in writer.episodes] == [0, 1]
+    first, second = (e["length"] for e in writer.episodes)
+    assert first > 40 and second == 4
+
+
 def test_policy_folder_round_trip(tmp_path):
     import torch
 

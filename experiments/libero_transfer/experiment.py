@@ -81,7 +81,7 @@ COMMITTED_REPORT = REPOSITORY / "docs" / "results" / "experiment" / "report.json
 COMMITTED_TEACHER = COMMITTED_REPORT.parents[1] / "experiment-for-demo" / "teacher-p0"
 COMMITTED_TUNING = COMMITTED_TEACHER.parent / "tuning.json"
 # `make demo`: one seed of Q1's primary comparison (teacher, student, student+LoRA, student+CKT at pretraining seed 0
-# and adapter seed 0) on one test init state per task, labelled as one seed; ~30 min on 2 CPU cores.
+# and adapter seed 0) on one test init state per task, labelled as one seed; ~22 min on 2 CPU cores with the install.
 DEMO: dict[str, Any] = {"seeds": {"pretrain": [0], "adapter": [0]}, "data": {"test": {"inits": [40]}}}
 # `make demo QUICK=1`: the same code at toy counts (a few minutes).
 DEMO_QUICK: dict[str, Any] = {
@@ -610,7 +610,7 @@ def markdown(report: dict[str, Any]) -> str:
         every = report["timing_all_sessions"]
         lines += [
             f"Wall time: {every['seconds'].get('total', 0.0) / 3600:.1f} h over {every['sessions']} session(s) "
-            f"(this one {report['timing'].get('total', 0.0) / 3600:.1f} h; `timing.json`).",
+            f"(this one {every.get('this_session', 0.0) / 3600:.1f} h; `timing.json`).",
             "",
         ]
     for question, result in report["questions"].items():

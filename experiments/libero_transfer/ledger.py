@@ -48,13 +48,16 @@ class TimeLedger:
         self._write()
 
     def totals(self) -> dict[str, Any]:
-        """Seconds per stage summed over every session, and the number of sessions."""
+        """Seconds per stage summed over every session, the number of sessions, and this session's seconds so far."""
+        if self._thread is not None and not self._stop.is_set():  # started here: its entry up to now, not a minute ago
+            self._write()
         with self._lock:
             summed: dict[str, float] = {}
             for session in self.sessions:
                 for key, value in session["seconds"].items():
                     summed[key] = round(summed.get(key, 0.0) + value, 1)
-            return {"sessions": len(self.sessions), "seconds": summed}
+            this = self.sessions[-1]["seconds"].get("total", 0.0) if self.sessions else 0.0
+            return {"sessions": len(self.sessions), "seconds": summed, "this_session": this}
 
     def close(self) -> None:
         self._stop.set()

@@ -103,10 +103,11 @@ def collect_episode(job: CollectJob) -> dict[str, Any]:
     return result
 
 
-def _collect_tagged(tagged: tuple[str, CollectJob]) -> dict[str, Any]:
-    """`collect_episode` of a job tagged with the dataset it belongs to (module level: sent to worker processes)."""
-    name, job = tagged
-    return {**collect_episode(job), "dataset": name, "image_stride": job.image_stride}
+def _collect_tagged(tagged: tuple[int, tuple[str, CollectJob]]) -> dict[str, Any]:
+    """`collect_episode` of a job tagged with its position and the dataset it belongs to (module level: sent to
+    worker processes)."""
+    index, (name, job) = tagged
+    return {**collect_episode(job), "dataset": name, "image_stride": job.image_stride, "index": index}
 
 
 def collect_into(
@@ -117,33 +118,41 @@ def collect_into(
     progress: bool = True,
 ) -> Iterator[tuple[str, dict[str, Any], bool]]:
     """Runs expert episodes of one or several datasets in one worker pool and writes each kept episode into its
-    dataset's writer (`LeRobotDatasetWriter`) as it ends.
+    dataset's writer (`LeRobotDatasetWriter`) in the order of `jobs`, whatever order the workers finish them in: the
+    same jobs then give the same dataset, episode for episode, on every run (a training that reads it in order, too).
 
     `jobs` are `(dataset name, job)` pairs (keep each task's jobs together: a worker then builds each task's
-    environment once). Yields `(dataset name, result, kept)` per finished episode, for the caller's bookkeeping.
+    environment once). Yields `(dataset name, result, kept)` per episode as it is written, for the caller's
+    bookkeeping.
     """
-    for result in run_jobs(_collect_tagged, list(jobs), num_workers, desc=desc, progress=progress):
-        kept = result["images"] is not None
-        if kept:
-            writers[result["dataset"]].add_episode(
-                result["states"],
-                result["actions"],
-                result["images"],
-                task=result["task"],
-                extra={
-                    key: result[key]
-                    for key in (
-                        "success",
-                        "suite",
-                        "task_id",
-                        "init_index",
-                        "perturbation",
-                        "severity",
-                        "image_stride",
-                    )
-                },
-            )
-        yield result["dataset"], result, kept
+    finished: dict[int, dict[str, Any]] = {}  # episodes that ended before an earlier job: held until it has
+    written = 0
+    for result in run_jobs(_collect_tagged, list(enumerate(jobs)), num_workers, desc=desc, progress=progress):
+        finished[result.pop("index")] = result
+        while written in finished:
+            result = finished.pop(written)
+            written += 1
+            kept = result["images"] is not None
+            if kept:
+                writers[result["dataset"]].add_episode(
+                    result["states"],
+                    result["actions"],
+                    result["images"],
+                    task=result["task"],
+                    extra={
+                        key: result[key]
+                        for key in (
+                            "success",
+                            "suite",
+                            "task_id",
+                            "init_index",
+                            "perturbation",
+                            "severity",
+                            "image_stride",
+                        )
+                    },
+                )
+            yield result["dataset"], result, kept
 
 
 COLLECTION_CONFIG = "collection.json"
