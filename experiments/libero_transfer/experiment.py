@@ -127,9 +127,10 @@ def committed_teacher(values: dict[str, Any], folder: Path = COMMITTED_TEACHER) 
     weights = (folder / "model.safetensors").read_bytes()
     if hashlib.sha256(weights).hexdigest() != shipped["sha256"]:
         return None, f"{folder / 'model.safetensors'} does not match the checksum in {plan_file.name}"
+    shown = folder.relative_to(REPOSITORY) if folder.is_relative_to(REPOSITORY) else folder
     return (
         folder,
-        f"the experiment's teacher at pretraining seed 0, committed in {folder.name} ({shipped['cache_name']})",
+        f"the experiment's teacher at pretraining seed 0, committed in {shown} ({shipped['cache_name']})",
     )
 
 
