@@ -142,7 +142,6 @@ def publish_teacher(output: Path, target: Path = COMMITTED_TEACHER, overrides: d
     import shutil
 
     from peft_ckt.atomic import commit_directory
-    from peft_ckt.wam.tokenizer import build_vocabulary
 
     cache = output / "cache"
     # The run collected once for the questions it ran together: the whole protocol, or Q1 alone (as the demo does).
@@ -155,9 +154,7 @@ def publish_teacher(output: Path, target: Path = COMMITTED_TEACHER, overrides: d
         raise ValueError(f"{output} has not collected Q1's demonstrations: run the experiment's primary phase first")
     values = questions["Q1"]
     pool = stages.collect(questions, cache, workers=1, progress=False)
-    sets = {name: stages.demos(pool, s) for name, s in demo_sets(values).items()}
-    episodes = sets["teacher_clean"] + sets["teacher_perturbed"]
-    vocabulary = build_vocabulary(sorted({e["task"] for e in episodes}))
+    episodes, vocabulary = stages.teacher_data({n: stages.demos(pool, s) for n, s in demo_sets(values).items()})
     folder = stages.model_folder(values, cache, "teacher", 0, episodes, vocabulary)
     if not (folder / "model.safetensors").is_file():
         raise ValueError(
@@ -277,10 +274,8 @@ class Experiment:
                 if self.shipped_teacher is not None and p == 0:
                     self.models[("teacher", p)] = self.load_shipped_teacher()
                 else:
-                    teacher_demos = sets["teacher_clean"] + sets["teacher_perturbed"]
-                    vocab = build_vocabulary(sorted({e["task"] for e in teacher_demos}))
                     self.models[("teacher", p)] = stages.pretrain(
-                        values, self.cache, "teacher", p, teacher_demos, vocab
+                        values, self.cache, "teacher", p, *stages.teacher_data(sets)
                     )
                 words = values["data"]["student"]["vocabulary_tasks"]
                 vocab = build_vocabulary(instructions[t] for t in words if t in instructions)

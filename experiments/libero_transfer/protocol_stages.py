@@ -88,6 +88,14 @@ def episodes_digest(episodes: list[dict[str, Any]]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- pretraining
+def teacher_data(sets: dict[str, list[dict[str, Any]]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The teacher's demonstrations (clean and perturbed) and its vocabulary (their instructions)."""
+    from peft_ckt.wam.tokenizer import build_vocabulary
+
+    episodes = sets["teacher_clean"] + sets["teacher_perturbed"]
+    return episodes, build_vocabulary(sorted({e["task"] for e in episodes}))
+
+
 def model_folder(values, cache: Path, role: str, pretrain_seed: int, episodes, vocabulary: list[str]) -> Path:
     """Where the WAM of `role` pretrained at `pretrain_seed` on `episodes` is cached (named by what it depends on)."""
     spec = values["models"][role]
