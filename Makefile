@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 # CPU torch first, then everything else under the same pin (see constraints.txt).
 EXTRAS ?= dev,libero,liberoplus,ray
 
-.PHONY: install test demo experiment lint format clean test-lerobot
+.PHONY: install test demo experiment experiment-snapshot lint format clean test-lerobot
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,9 +35,16 @@ demo: install
 	$(PY) -m experiments.libero_transfer.experiment --demo $(if $(QUICK),--quick) $(if $(PRETRAIN_TEACHER),--pretrain-teacher)
 
 # The pre-registered experiment (docs/protocol.md): ~20 h on 2 CPU cores, cached and resumable; rerun to resume.
+# It first takes back what the committed snapshot holds (a run moved to another machine resumes there);
+# `make experiment-snapshot` copies its finished work into that snapshot, to commit.
 EXPERIMENT_OUTPUT ?= outputs/experiment
+EXPERIMENT_SNAPSHOT ?= docs/results/experiment-progress
 experiment: install
-	$(PY) -m experiments.libero_transfer.experiment --output $(EXPERIMENT_OUTPUT) $(if $(PHASES),--phases $(PHASES))
+	$(PY) -m experiments.libero_transfer.experiment --output $(EXPERIMENT_OUTPUT) $(if $(PHASES),--phases $(PHASES)) \
+		$(if $(wildcard $(EXPERIMENT_SNAPSHOT)/cache),--restore $(EXPERIMENT_SNAPSHOT))
+
+experiment-snapshot: install
+	$(PY) -m experiments.libero_transfer.experiment --output $(EXPERIMENT_OUTPUT) --snapshot $(EXPERIMENT_SNAPSHOT)
 
 # LeRobot 0.4.4 in its own venv (torch 2.10 + torchvision 0.25 from PyPI, transformers < 5, hub < 0.36, diffusers
 # < 0.36: scripts/lerobot-constraints.txt); ~4 min and 11 GB on a cold cache, seconds when $(LEROBOT_VENV) is current.

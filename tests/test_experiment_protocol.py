@@ -192,6 +192,18 @@ def test_a_toy_run_goes_through_every_stage_and_resumes_without_redoing_anything
     again = run_experiment(["Q1"], tmp_path, ["primary"], exploratory=True, overrides=overrides, progress=False)
     assert log.read_text().count("\n") == played
     assert again["questions"]["Q1"]["primary"] == q1["primary"]
+    # Moved to another output folder through a snapshot (as to another machine), the run resumes where it was.
+    from experiments.libero_transfer.progress import restore, snapshot
+
+    progress, moved = tmp_path.parent / f"{tmp_path.name}-progress", tmp_path.parent / f"{tmp_path.name}-moved"
+    assert snapshot(tmp_path, progress) and restore(progress, moved)
+    cached = {f: f.stat().st_mtime_ns for f in (moved / "cache").rglob("*") if f.is_file()}
+    resumed = run_experiment(["Q1"], moved, ["primary"], exploratory=True, overrides=overrides, progress=False)
+    resumed_log = (moved / "rollouts" / "episodes.jsonl").read_text()
+    assert resumed_log == log.read_text().replace(str(tmp_path), str(moved))  # no episode played again
+    assert {f: f.stat().st_mtime_ns for f in cached} == cached  # nothing collected or trained again
+    assert resumed["questions"]["Q1"]["primary"] == q1["primary"]
+    assert resumed["timing_all_sessions"]["sessions"] == 3  # the ledger came along
     assert (tmp_path / "report.md").read_text().startswith("# Pre-registered LIBERO transfer experiment")
     # Publishing copies the report, the plot and the episode log; an exploratory run only when asked for.
     from experiments.libero_transfer.experiment import publish
@@ -390,3 +402,65 @@ def test_the_time_ledger_sums_sessions_and_keeps_a_killed_sessions_count(tmp_pat
     now = running.totals()
     running.close()
     assert now["sessions"] == 3 and now["this_session"] >= 0.3  # this session's seconds up to the call
+
+
+def test_a_snapshot_holds_finished_work_only_and_restores_what_an_output_lacks(tmp_path, caplog):
+    """`--snapshot` / `--restore`: whole units, never a staging folder, a checkpoint or a torn episode line; a second
+    snapshot copies only what changed; a restore keeps what the output wrote itself."""
+    from experiments.libero_transfer.progress import DESCRIPTION, restore, snapshot
+
+    run = tmp_path / "run"
+    teacher = run / "cache" / "models" / "teacher-p0-abc"
+    teacher.mkdir(parents=True)
+    (teacher / "model.safetensors").write_bytes(b"\x00weights")
+    (teacher / "training.json").write_text('{"losses": [1.0]}')
+    (run / "cache" / "models" / "student-p0-def.partial").mkdir()
+    (run / "cache" / "models" / "student-p0-def.partial" / "model.safetensors").write_bytes(b"half")
+    (run / "cache" / "models" / "student-p0-def.ckpt").write_bytes(b"optimiser state")
+    adapter = run / "cache" / "adapters" / "ckt-p0a0-ghi"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(teacher)}))
+    (run / "cache" / "tuning").mkdir()
+    (run / "cache" / "tuning" / "Q1-ckt-1.json").write_text("{}")
+    (run / "rollouts").mkdir()
+    (run / "rollouts" / "eval_config.json").write_text("{}")
+    log = run / "rollouts" / "episodes.jsonl"
+    log.write_text('{"success": true}\n{"success": false}\n{"succ')  # the run is writing its third record
+    (run / "timing.json").write_text('{"sessions": []}')
+
+    progress = tmp_path / "progress"
+    copied = snapshot(run, progress)
+    assert copied == [
+        "cache/adapters/ckt-p0a0-ghi", "cache/models/teacher-p0-abc", "cache/tuning/Q1-ckt-1.json", "rollouts",
+        "timing.json",
+    ]  # fmt: skip
+    # Paths into the run's folder are held relative to a placeholder: the snapshot restores into any folder.
+    config = json.loads((progress / "cache" / "adapters" / "ckt-p0a0-ghi" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "${EXPERIMENT_OUTPUT}/cache/models/teacher-p0-abc"
+    assert sorted(p.name for p in (progress / "cache" / "models").iterdir()) == ["teacher-p0-abc"]
+    assert (progress / "rollouts" / "episodes.jsonl").read_text() == '{"success": true}\n{"success": false}\n'
+    assert "make experiment-snapshot" in (progress / DESCRIPTION).read_text()
+    assert snapshot(run, progress) == []  # nothing changed
+    log.write_text('{"success": true}\n{"success": false}\n{"success": true}\n')
+    assert snapshot(run, progress) == ["rollouts"]
+
+    moved = tmp_path / "elsewhere"
+    (moved / "cache").mkdir(parents=True)
+    (moved / "timing.json").write_text('{"sessions": [{"seconds": {"total": 3.0}}]}')  # this output's own run
+    with caplog.at_level("WARNING"):
+        restored = restore(progress, moved)
+    assert restored == ["cache/adapters/ckt-p0a0-ghi", "cache/models/teacher-p0-abc", "cache/tuning/Q1-ckt-1.json",
+                        "rollouts"]  # fmt: skip
+    config = json.loads((moved / "cache" / "adapters" / "ckt-p0a0-ghi" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(moved / "cache" / "models" / "teacher-p0-abc")
+    assert "kept" in caplog.text and "timing.json" in caplog.text
+    assert json.loads((moved / "timing.json").read_text())["sessions"][0]["seconds"]["total"] == 3.0
+    assert (moved / "rollouts" / "episodes.jsonl").read_text() == log.read_text()
+    assert (moved / "cache" / "models" / "teacher-p0-abc" / "model.safetensors").read_bytes() == b"\x00weights"
+    assert not (moved / DESCRIPTION).exists() and not list(moved.rglob("*.partial"))
+    assert restore(progress, moved) == []
+
+    with pytest.raises(ValueError, match="no cache"):
+        snapshot(tmp_path / "empty", progress)
+    with pytest.raises(ValueError, match="not a snapshot"):
+        restore(tmp_path, moved)

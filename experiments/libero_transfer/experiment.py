@@ -864,6 +864,15 @@ def main(argv: list[str] | None = None) -> int:
         help=f"Copy --output's teacher at pretraining seed 0 and its tuning into docs/results/"
         f"{COMMITTED_TEACHER.parent.name} (to commit: what `make demo` takes from the experiment); run nothing.",
     )  # fmt: skip
+    parser.add_argument(
+        "--snapshot", default=None, metavar="DIR",
+        help="Copy --output's finished work (demonstrations, models, adapters, tuning, episode logs, time ledger) into "
+        "DIR, to commit, so that the run resumes on another machine; run nothing. Safe while the run goes on.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--restore", default=None, metavar="DIR",
+        help="Before running, copy into --output what the snapshot DIR holds and --output lacks.",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     overrides: dict[str, Any] = {}
@@ -894,6 +903,27 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--workers must be >= 1; got {args.workers}")
     if args.train_workers is not None and args.train_workers < 1:
         parser.error(f"--train-workers must be >= 1; got {args.train_workers}")
+    if args.snapshot and args.restore:
+        parser.error("--snapshot copies out of --output, --restore into it: give one")
+    if args.snapshot:
+        from .progress import snapshot
+
+        try:
+            copied = snapshot(Path(args.output), Path(args.snapshot))
+        except ValueError as error:
+            parser.exit(2, f"error: {error}\n")
+        print(f"copied {len(copied)} new or changed unit(s) of {args.output} into {args.snapshot}")
+        for unit in copied:
+            print(f"  {unit}")
+        return 0
+    if args.restore:
+        from .progress import restore
+
+        try:
+            restored = restore(Path(args.restore), Path(args.output))
+        except ValueError as error:
+            parser.exit(2, f"error: {error}\n")
+        logger.info(f"restored {len(restored)} unit(s) of the snapshot {args.restore} into {args.output}")
     if args.publish_for_demo:
         try:
             target = publish_teacher(Path(args.output))
