@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "commit_directory",
     "commit_files",
     "save_safetensors",
+    "staged_directory",
     "write_bytes",
     "write_json",
     "write_text",
@@ -107,6 +109,26 @@ def commit_directory(staging: str | os.PathLike, final: str | os.PathLike) -> No
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
     _fsync_directory(os.path.dirname(os.path.abspath(final)))
+
+
+@contextlib.contextmanager
+def staged_directory(final: str | os.PathLike) -> Iterator[Path]:
+    """Yields an empty folder beside `final` (`final.partial`) to fill; when the block ends without error, it is put in
+    place of `final` (`commit_directory`). What a killed writer left in `final.partial` is cleared first; on an error
+    the staging folder is removed and `final` is left as it was.
+
+    Example: `with staged_directory(out) as staging: model.save_pretrained(staging)`.
+    """
+    final = Path(final)
+    staging = final.with_name(final.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        commit_directory(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def commit_files(

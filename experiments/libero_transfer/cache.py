@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
-from peft_ckt.atomic import commit_directory, write_json
+from peft_ckt.atomic import staged_directory, write_json
 
 from .settings import PERTURBATION_KINDS, TransferSettings
 
@@ -109,11 +108,9 @@ def eval_key(settings: TransferSettings) -> dict[str, Any]:
 
 def save_stage(model, record: dict[str, Any], final: Path) -> None:
     """`save_pretrained` + `training.json` into a temporary folder, renamed into place when complete."""
-    partial = final.with_name(final.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    write_json(partial / "training.json", record)
-    commit_directory(partial, final)
+    with staged_directory(final) as staging:
+        model.save_pretrained(staging)
+        write_json(staging / "training.json", record)
 
 
 __all__ = [

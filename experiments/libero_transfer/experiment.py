@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from peft_ckt.atomic import write_json, write_text
+from peft_ckt.atomic import staged_directory, write_json, write_text
 
 from . import protocol_stages as stages
 from .analysis import analyse, policy_id
@@ -141,8 +141,6 @@ def publish_teacher(output: Path, target: Path = COMMITTED_TEACHER, overrides: d
     import hashlib
     import shutil
 
-    from peft_ckt.atomic import commit_directory
-
     cache = output / "cache"
     # The run collected once for the questions it ran together: the whole protocol, or Q1 alone (as the demo does).
     for names in (("Q1", "Q2"), ("Q1",)):
@@ -160,19 +158,17 @@ def publish_teacher(output: Path, target: Path = COMMITTED_TEACHER, overrides: d
         raise ValueError(
             f"{output} holds no teacher pretrained at seed 0 ({folder.name}): run the primary phase first"
         )
-    staging = target.with_name(f"{target.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(folder, staging)
-    write_json(staging / "plan.json", {
-        "plan": teacher_plan(values, 0), "cache_name": folder.name,
-        "sha256": hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest(),
-    })  # fmt: skip
     training = json.loads((folder / "training.json").read_text())
-    write_text(staging / "README.md", TEACHER_CARD.format(
-        cache_name=folder.name, steps=values["models"]["teacher"]["steps"], episodes=len(episodes),
-        parameters=training.get("parameters", "?"),
-    ))  # fmt: skip
-    commit_directory(staging, target)
+    with staged_directory(target) as staging:
+        shutil.copytree(folder, staging, dirs_exist_ok=True)
+        write_json(staging / "plan.json", {
+            "plan": teacher_plan(values, 0), "cache_name": folder.name,
+            "sha256": hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest(),
+        })  # fmt: skip
+        write_text(staging / "README.md", TEACHER_CARD.format(
+            cache_name=folder.name, steps=values["models"]["teacher"]["steps"], episodes=len(episodes),
+            parameters=training.get("parameters", "?"),
+        ))  # fmt: skip
     return target
 
 
@@ -289,16 +285,12 @@ class Experiment:
         """The committed teacher, copied into the cache under the name its own pretraining gave it."""
         import shutil
 
-        from peft_ckt.atomic import commit_directory
-
         shipped = self.shipped_teacher
         assert shipped is not None
         final = self.cache / "models" / json.loads((shipped / "plan.json").read_text())["cache_name"]
         if not (final / "model.safetensors").is_file():
-            staging = final.with_name(final.name + ".partial")
-            shutil.rmtree(staging, ignore_errors=True)
-            shutil.copytree(shipped, staging)
-            commit_directory(staging, final)
+            with staged_directory(final) as staging:
+                shutil.copytree(shipped, staging, dirs_exist_ok=True)
         return final, json.loads((final / "training.json").read_text())
 
     def budget(self, question: str) -> int:
@@ -439,12 +431,9 @@ class Experiment:
                     episodes, steps=spec["steps"], learning_rate=spec["learning_rate"], seed=seed,
                     image_size=values["image_size"],
                 )  # fmt: skip
-                partial = folder.with_name(folder.name + ".partial")
-                policy.save_pretrained(partial)
-                write_json(partial / "training.json", {"losses": losses})
-                from peft_ckt.atomic import commit_directory
-
-                commit_directory(partial, folder)
+                with staged_directory(folder) as staging:
+                    policy.save_pretrained(staging)
+                    write_json(staging / "training.json", {"losses": losses})
             for question in self.questions:
                 self.policies[question][policy_id("cnn", cnn=seed)] = str(folder)
 
@@ -735,22 +724,18 @@ def publish(output: Path, target: Path = COMMITTED_REPORT.parent, allow_explorat
     pre-registered run is published, whatever phases it has done (the report says which)."""
     import shutil
 
-    from peft_ckt.atomic import commit_directory
-
     report_file = output / "report.json"
     if not report_file.is_file():
         raise ValueError(f"{output} holds no report.json: run the experiment first")
     if json.loads(report_file.read_text()).get("exploratory") and not allow_exploratory:
         raise ValueError(f"{report_file} is exploratory: only the pre-registered run is published to {target}")
-    staging = target.with_name(f"{target.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
     copied = []
-    for name in PUBLISHED:
-        if (output / name).is_file():
-            (staging / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(output / name, staging / name)
-            copied.append(name)
-    commit_directory(staging, target)
+    with staged_directory(target) as staging:
+        for name in PUBLISHED:
+            if (output / name).is_file():
+                (staging / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(output / name, staging / name)
+                copied.append(name)
     return copied
 
 

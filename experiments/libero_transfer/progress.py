@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
-from peft_ckt.atomic import commit_directory, write_bytes
+from peft_ckt.atomic import staged_directory, write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -101,13 +100,10 @@ def _write_unit(files: dict[str, bytes], target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         write_bytes(target, files[""])
         return
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    for name, data in files.items():
-        (staging / name).parent.mkdir(parents=True, exist_ok=True)
-        (staging / name).write_bytes(data)
-    staging.mkdir(parents=True, exist_ok=True)  # an empty unit stays a folder
-    commit_directory(staging, target)
+    with staged_directory(target) as staging:
+        for name, data in files.items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            (staging / name).write_bytes(data)
 
 
 def snapshot(output: str | Path, folder: str | Path) -> list[str]:
