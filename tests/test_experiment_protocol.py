@@ -407,7 +407,7 @@ def test_the_time_ledger_sums_sessions_and_keeps_a_killed_sessions_count(tmp_pat
 def test_a_snapshot_holds_finished_work_only_and_restores_what_an_output_lacks(tmp_path, caplog):
     """`--snapshot` / `--restore`: whole units, never a staging folder, a checkpoint or a torn episode line; a second
     snapshot copies only what changed; a restore keeps what the output wrote itself."""
-    from experiments.libero_transfer.progress import DESCRIPTION, restore, snapshot
+    from experiments.libero_transfer.progress import DESCRIPTION, pending, restore, snapshot
 
     run = tmp_path / "run"
     teacher = run / "cache" / "models" / "teacher-p0-abc"
@@ -440,9 +440,13 @@ def test_a_snapshot_holds_finished_work_only_and_restores_what_an_output_lacks(t
     assert sorted(p.name for p in (progress / "cache" / "models").iterdir()) == ["teacher-p0-abc"]
     assert (progress / "rollouts" / "episodes.jsonl").read_text() == '{"success": true}\n{"success": false}\n'
     assert "make experiment-snapshot" in (progress / DESCRIPTION).read_text()
-    assert snapshot(run, progress) == []  # nothing changed
+    assert snapshot(run, progress) == [] and pending(run, progress) == []  # nothing changed
     log.write_text('{"success": true}\n{"success": false}\n{"success": true}\n')
-    assert snapshot(run, progress) == ["rollouts"]
+    assert pending(run, progress) == ["rollouts"]
+    from experiments.libero_transfer.experiment import status
+
+    assert status(run, {"Q1": question_values("Q1")}, progress)[-1].endswith("1 unit(s): rollouts")
+    assert snapshot(run, progress) == ["rollouts"] and pending(run, progress) == []
 
     moved = tmp_path / "elsewhere"
     (moved / "cache").mkdir(parents=True)

@@ -80,6 +80,7 @@ COMMITTED_REPORT = REPOSITORY / "docs" / "results" / "experiment" / "report.json
 # shows it was pretrained with the registered settings), and each method's setting chosen on validation.
 COMMITTED_TEACHER = COMMITTED_REPORT.parents[1] / "experiment-for-demo" / "teacher-p0"
 COMMITTED_TUNING = COMMITTED_TEACHER.parent / "tuning.json"
+COMMITTED_SNAPSHOT = COMMITTED_REPORT.parents[1] / "experiment-progress"  # the run in progress (`--snapshot`)
 # `make demo`: one seed of Q1's primary comparison (teacher, student, student+LoRA, student+CKT at pretraining seed 0
 # and adapter seed 0) on one test init state per task, labelled as one seed; ~22 min on 2 CPU cores with the install.
 DEMO: dict[str, Any] = {"seeds": {"pretrain": [0], "adapter": [0]}, "data": {"test": {"inits": [40]}}}
@@ -768,8 +769,9 @@ def planned_counts(values: dict[str, dict[str, Any]]) -> dict[str, int]:
     }
 
 
-def status(output: Path, values: dict[str, dict[str, Any]]) -> list[str]:
-    """One line per stage: what the folder holds against what the full run plans (nothing is computed)."""
+def status(output: Path, values: dict[str, dict[str, Any]], snapshot: Path | None = None) -> list[str]:
+    """One line per stage: what the folder holds against what the full run plans (nothing is computed); with
+    `snapshot`, a last line on what of it that snapshot lacks."""
     from peft_ckt.libero.records import read_records
 
     cache = output / "cache"
@@ -814,6 +816,12 @@ def status(output: Path, values: dict[str, dict[str, Any]]) -> list[str]:
         sessions = json.loads((output / "timing.json").read_text())["sessions"]
         hours = sum(s["seconds"].get("total", 0.0) for s in sessions) / 3600
         lines.append(f"wall time so far: {hours:.1f} h over {len(sessions)} session(s)")
+    if snapshot is not None and cache.is_dir():
+        from .progress import pending
+
+        behind = pending(output, snapshot)
+        listed = ", ".join(behind[:4]) + (f" and {len(behind) - 4} more" if len(behind) > 4 else "")
+        lines.append(f"not yet in the snapshot {snapshot}: {len(behind)} unit(s)" + (f": {listed}" if behind else ""))
     return lines
 
 
@@ -838,7 +846,9 @@ def main(argv: list[str] | None = None) -> int:
         help="With --demo: pretrain the teacher here (~15 min more) rather than load the committed one.",
     )  # fmt: skip
     parser.add_argument(
-        "--status", action="store_true", help="Print what --output holds against the plan; run nothing."
+        "--status",
+        action="store_true",
+        help="Print what --output holds against the plan, and what of it the snapshot lacks; run nothing.",
     )
     parser.add_argument(
         "--publish", action="store_true",
@@ -926,7 +936,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.status:
         questions = [q.strip() for q in args.questions.split(",") if q.strip()]
-        for line in status(Path(args.output), {q: question_values(q, overrides) for q in questions}):
+        snapshot = Path(args.restore) if args.restore else COMMITTED_SNAPSHOT
+        values = {q: question_values(q, overrides) for q in questions}
+        for line in status(Path(args.output), values, snapshot if (snapshot / "cache").is_dir() else None):
             print(line)
         return 0
     try:

@@ -106,23 +106,35 @@ def _write_unit(files: dict[str, bytes], target: Path) -> None:
             (staging / name).write_bytes(data)
 
 
+def _changed(output: Path, folder: Path) -> dict[str, dict[str, bytes]]:
+    """Each finished unit of the run in `output` that the snapshot `folder` lacks or holds otherwise, as it would be
+    written there."""
+    if not (output / "cache").is_dir():
+        raise ValueError(f"{output} holds no run (no cache/ folder): nothing to snapshot")
+    neutral = [(prefix, PLACEHOLDER.encode() + b"/") for prefix in _prefixes(output)]
+    changed = {}
+    for unit in units(output):
+        files, target = _files(output / unit, neutral), folder / unit
+        if not (target.exists() and _files(target, []) == files):
+            changed[str(unit)] = files
+    return changed
+
+
+def pending(output: str | Path, folder: str | Path) -> list[str]:
+    """The units `snapshot(output, folder)` would copy: the run's finished work not yet in the snapshot."""
+    return list(_changed(Path(output), Path(folder)))
+
+
 def snapshot(output: str | Path, folder: str | Path) -> list[str]:
     """Copies every finished unit of the run in `output` that `folder` lacks or holds otherwise into `folder`;
     returns the units copied. Safe while the run goes on: it only reads `output`."""
     output, folder = Path(output), Path(folder)
-    if not (output / "cache").is_dir():
-        raise ValueError(f"{output} holds no run (no cache/ folder): nothing to snapshot")
-    neutral = [(prefix, PLACEHOLDER.encode() + b"/") for prefix in _prefixes(output)]
-    copied = []
-    for unit in units(output):
-        files, target = _files(output / unit, neutral), folder / unit
-        if target.exists() and _files(target, []) == files:
-            continue
-        _write_unit(files, target)
-        copied.append(str(unit))
+    changed = _changed(output, folder)
+    for unit, files in changed.items():
+        _write_unit(files, folder / unit)
     if not (folder / DESCRIPTION).is_file() or (folder / DESCRIPTION).read_text() != DESCRIPTION_TEXT:
         write_bytes(folder / DESCRIPTION, DESCRIPTION_TEXT.encode())
-    return copied
+    return list(changed)
 
 
 def restore(folder: str | Path, output: str | Path) -> list[str]:
@@ -144,4 +156,4 @@ def restore(folder: str | Path, output: str | Path) -> list[str]:
     return copied
 
 
-__all__ = ["DESCRIPTION", "PLACEHOLDER", "UNFINISHED", "restore", "snapshot", "units"]
+__all__ = ["DESCRIPTION", "PLACEHOLDER", "UNFINISHED", "pending", "restore", "snapshot", "units"]
