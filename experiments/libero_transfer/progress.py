@@ -57,7 +57,7 @@ def units(root: Path) -> list[Path]:
 
 # What a snapshot holds in place of the run's output folder in the paths it wrote.
 PLACEHOLDER = "${EXPERIMENT_OUTPUT}"
-TEXT_SUFFIXES = (".json", ".jsonl")
+TEXT_SUFFIXES = (".json", ".jsonl", ".md")  # JSON and the model cards peft writes beside it
 
 
 def _spelled(path: str) -> bytes:
@@ -73,7 +73,7 @@ def _prefixes(output: Path) -> list[bytes]:
 
 
 def _content(path: Path, replace: list[tuple[bytes, bytes]]) -> bytes:
-    """A file's bytes with `replace` applied to a JSON file's text; an episode log's up to its last complete line
+    """A file's bytes with `replace` applied to a text file's (JSON, model card); an episode log's up to its last complete line
     (the run may be appending to it)."""
     data = path.read_bytes()
     if path.suffix == ".jsonl":
