@@ -73,8 +73,8 @@ def _prefixes(output: Path) -> list[bytes]:
 
 
 def _content(path: Path, replace: list[tuple[bytes, bytes]]) -> bytes:
-    """A file's bytes with `replace` applied to a text file's (JSON, model card); an episode log's up to its last complete line
-    (the run may be appending to it)."""
+    """A file's bytes, with `replace` applied to a text file's (JSON, a model card); an episode log's up to its last
+    complete line (the run may be appending to it)."""
     data = path.read_bytes()
     if path.suffix == ".jsonl":
         data = data[: data.rfind(b"\n") + 1]
