@@ -451,18 +451,31 @@ def test_a_snapshot_holds_finished_work_only_and_restores_what_an_output_lacks(t
     moved = tmp_path / "elsewhere"
     (moved / "cache").mkdir(parents=True)
     (moved / "timing.json").write_text('{"sessions": [{"seconds": {"total": 3.0}}]}')  # this output's own run
-    with caplog.at_level("WARNING"):
+    with caplog.at_level("INFO"):
         restored = restore(progress, moved)
     assert restored == ["cache/adapters/ckt-p0a0-ghi", "cache/models/teacher-p0-abc", "cache/tuning/Q1-ckt-1.json",
                         "rollouts"]  # fmt: skip
     config = json.loads((moved / "cache" / "adapters" / "ckt-p0a0-ghi" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(moved / "cache" / "models" / "teacher-p0-abc")
-    assert "kept" in caplog.text and "timing.json" in caplog.text
+    assert "kept 1 unit(s)" in caplog.text and caplog.text.rstrip().endswith("timing.json")
     assert json.loads((moved / "timing.json").read_text())["sessions"][0]["seconds"]["total"] == 3.0
     assert (moved / "rollouts" / "episodes.jsonl").read_text() == log.read_text()
     assert (moved / "cache" / "models" / "teacher-p0-abc" / "model.safetensors").read_bytes() == b"\x00weights"
     assert not (moved / DESCRIPTION).exists() and not list(moved.rglob("*.partial"))
     assert restore(progress, moved) == []
+
+    # The command line: `make experiment-snapshot`, `make experiment`'s restore, and a clear refusal of both at once.
+    from experiments.libero_transfer.experiment import main
+
+    log.write_text(log.read_text() + '{"success": false}\n')
+    assert main(["--output", str(run), "--snapshot", str(progress)]) == 0
+    assert (progress / "rollouts" / "episodes.jsonl").read_text().count("\n") == 4
+    again = tmp_path / "again"
+    assert main(["--output", str(again), "--restore", str(progress), "--status"]) == 0
+    assert (again / "rollouts" / "episodes.jsonl").read_text().count("\n") == 4
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--output", str(run), "--snapshot", str(progress), "--restore", str(progress)])
+    assert exit_info.value.code == 2
 
     with pytest.raises(ValueError, match="no cache"):
         snapshot(tmp_path / "empty", progress)

@@ -139,20 +139,23 @@ def snapshot(output: str | Path, folder: str | Path) -> list[str]:
 
 def restore(folder: str | Path, output: str | Path) -> list[str]:
     """Copies into `output` every unit of the snapshot `folder` that `output` lacks; returns the units copied. A unit
-    the output already holds is kept, with a warning where the snapshot's differs."""
+    the output already holds is kept (its own run wrote it, later than any snapshot of it); the log names those that
+    differ from the snapshot's."""
     folder, output = Path(folder), Path(output)
     if not (folder / "cache").is_dir():
         raise ValueError(f"{folder} is not a snapshot of a run (no cache/ folder)")
     local = [(PLACEHOLDER.encode() + b"/", _spelled(str(output)))]  # as the resumed run is told its output
-    copied = []
+    copied, kept = [], []
     for unit in units(folder):
         files, target = _files(folder / unit, local), output / unit
         if target.exists():
             if _files(target, []) != files:
-                logger.warning(f"kept {target} (written by this output's own run) over the snapshot's {unit}")
+                kept.append(str(unit))
             continue
         _write_unit(files, target)
         copied.append(str(unit))
+    if kept:
+        logger.info(f"kept {len(kept)} unit(s) of {output} that differ from the snapshot's: {', '.join(kept)}")
     return copied
 
 
