@@ -113,6 +113,13 @@ def test_a_clear_lead_is_positive_and_no_headroom_is_inconclusive():
     assert result["primary"]["transfer_efficiency"] == 1.0
     no_headroom = [r for r in rows if not r["policy_id"].startswith("teacher")] + _rows("teacher", "p0", [0] * 8)
     assert analyse(values, no_headroom, resamples=200)["primary"]["decision"].startswith("inconclusive")
+    # Before the CNN row is played, a failed criterion already fails the check; the others leave it open.
+    no_cnn = [r for r in no_headroom if not r["policy_id"].startswith("cnn")]
+    result = analyse(values, no_cnn, resamples=200)
+    assert result["manipulation_check"]["passed"] is False
+    assert result["primary"]["decision"].startswith("inconclusive")
+    headroom_no_cnn = [r for r in rows if not r["policy_id"].startswith("cnn")]
+    assert analyse(values, headroom_no_cnn, resamples=200)["manipulation_check"]["passed"] is None
 
 
 def test_holm_adjusts_step_down():

@@ -163,15 +163,15 @@ def analyse(values: dict[str, Any], rows: list[dict[str, Any]], resamples: int |
         cnn_clean = rate("cnn", "clean")
         adapted = {p: rate(p, "clean") for p in ("student+ckt", "student+lora")}
         ratios = {p: (None if not cnn_clean or v is None else v / cnn_clean) for p, v in adapted.items()}
-        passed = (
-            lead is not None
-            and lead >= check["teacher_minus_student_points"]
-            and all(r is not None and r >= check["adapted_clean_vs_cnn_ratio"] for r in ratios.values())
-        )
+        # Each criterion passes, fails, or cannot be judged yet (a row not played: the CNN runs in a later phase).
+        # One failed criterion fails the check; otherwise one unjudged criterion leaves it open (None).
+        criteria = [None if lead is None else lead >= check["teacher_minus_student_points"]]
+        criteria += [None if r is None else r >= check["adapted_clean_vs_cnn_ratio"] for r in ratios.values()]
+        passed = False if False in criteria else (None if None in criteria else True)
         out["manipulation_check"] = {
             "teacher_minus_student_points": lead,
             "adapted_clean_vs_cnn": ratios,
-            "passed": passed if cnn_clean is not None else None,
+            "passed": passed,
         }
         if out["manipulation_check"]["passed"] is False:
             primary["decision"] = f"inconclusive (no headroom); the comparison alone: {primary['decision']}"
