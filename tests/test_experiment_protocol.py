@@ -111,6 +111,15 @@ def test_a_clear_lead_is_positive_and_no_headroom_is_inconclusive():
     assert result["primary"]["bootstrap_ci95"] == [1.0, 1.0]
     assert result["primary"]["decision"] == "positive"
     assert result["primary"]["transfer_efficiency"] == 1.0
+    assert result["primary"]["transfer_efficiency_ci95"] == [1.0, 1.0]
+    # LoRA recovers none of the teacher's perturbed lead; each adapter is matched with its own student and teacher.
+    lora = result["transfer_efficiency"]["student+lora"]
+    assert (lora["estimate"], lora["ci95"], lora["episodes"], lora["trainings"]) == (
+        0.0,
+        [0.0, 0.0],
+        12,
+        ["p0a0", "p0a1", "p0a2"],
+    )
     no_headroom = [r for r in rows if not r["policy_id"].startswith("teacher")] + _rows("teacher", "p0", [0] * 8)
     assert analyse(values, no_headroom, resamples=200)["primary"]["decision"].startswith("inconclusive")
     # Before the CNN row is played, a failed criterion already fails the check; the others leave it open.
@@ -120,6 +129,20 @@ def test_a_clear_lead_is_positive_and_no_headroom_is_inconclusive():
     assert result["primary"]["decision"].startswith("inconclusive")
     headroom_no_cnn = [r for r in rows if not r["policy_id"].startswith("cnn")]
     assert analyse(values, headroom_no_cnn, resamples=200)["manipulation_check"]["passed"] is None
+
+
+def test_the_report_markdown_gives_efficiency_and_the_per_kind_counts():
+    from experiments.libero_transfer.experiment import markdown
+
+    values = question_values("Q1")
+    rows = _rows("teacher", "p0", [1] * 8) + _rows("student", "p0", [0] * 8)
+    for a in (0, 1, 2):
+        rows += _rows("student+ckt", f"p0a{a}", [1] * 8) + _rows("student+lora", f"p0a{a}", [1, 0] * 4)
+    result = {**analyse(values, rows, resamples=100), "exploratory": False}
+    text = markdown({"exploratory": False, "phases_done": ["primary"], "questions": {"Q1": result}})
+    assert "Transfer efficiency of student+ckt: 1.00, 95% bootstrap interval [1.00, 1.00], over 12" in text
+    assert "| policy | camera | none |" in text
+    assert "| student+lora | 0/12 | 12/12 |" in text
 
 
 def test_holm_adjusts_step_down():
@@ -316,6 +339,12 @@ def test_an_episode_that_raised_is_neither_a_success_nor_a_failure_and_leaves_it
     assert result["primary"]["episodes"] == 3 and result["primary"]["pairs_with_errors"] == 1
     lora = result["rows"]["student+lora"]["pooled"]
     assert lora["errors"] == 1 and lora["perturbed"]["episodes"] == 3 and lora["all"]["episodes"] == 7
+    # The transfer efficiency leaves out an episode that raised for the teacher (its triple has no outcome).
+    teacher = _rows("teacher", "p0", [1] * 8)
+    teacher[1].update(success=None, error={"type": "IndexError", "message": "index 223 is out of bounds"})
+    result = analyse(values, rows + teacher + _rows("student", "p0", [0] * 8), resamples=50)
+    ckt = result["transfer_efficiency"]["student+ckt"]
+    assert (ckt["episodes"], ckt["episodes_with_errors"], ckt["estimate"]) == (3, 1, 1.0)
 
 
 def test_status_counts_the_plan_the_protocol_budgets(tmp_path, capsys):

@@ -12,6 +12,7 @@ from peft_ckt.libero.metrics import (
     paired_minimum_detectable_difference,
     paired_pairs_needed,
     transfer_efficiency,
+    transfer_efficiency_interval,
 )
 
 KEY = ("training", "task_id", "init_index", "perturbation")
@@ -77,3 +78,19 @@ def test_bootstrap_over_identical_clusters_has_no_width_and_clusters_widen_it():
     split = [((t, s, 0, k), t == 0, False) for t in range(3) for s in range(4) for k in range(4)]
     low, high = cluster_bootstrap_interval(split, num_resamples=2000)
     assert low == 0.0 and high == 1.0
+
+
+def test_transfer_efficiency_interval_against_known_values():
+    # Per start state: the teacher succeeds in all 4 kinds, the student in 1, the adapter in 2 or 3 (alternating by
+    # training): efficiency (2.5 - 1) / (4 - 1) = 0.5 pooled; a training drawn alone gives 1/3 or 2/3.
+    triples = [((t, s, 0, k), k < 2 + t % 2, k < 1, True) for t in range(2) for s in range(4) for k in range(4)]
+    result = transfer_efficiency_interval(triples, num_resamples=2000)
+    assert result["estimate"] == pytest.approx(0.5)
+    assert result["undefined_draws"] == 0
+    assert result["ci95"] == [pytest.approx(1 / 3, abs=1e-4), pytest.approx(2 / 3, abs=1e-4)]
+    # A teacher that never leads: no efficiency, no interval, every draw undefined.
+    flat = [(key, a, s, s) for key, a, s, _ in triples]
+    result = transfer_efficiency_interval(flat, num_resamples=300)
+    assert (result["estimate"], result["ci95"], result["undefined_draws"]) == (None, None, 300)
+    with pytest.raises(ValueError, match="no matched episodes"):
+        transfer_efficiency_interval([])

@@ -16,6 +16,7 @@ from peft_ckt.libero.metrics import (
     paired_minimum_detectable_difference,
     success_cell,
     transfer_efficiency,
+    transfer_efficiency_interval,
 )
 
 KEY = ("training", "task_id", "init_index", "perturbation")
@@ -117,6 +118,29 @@ def paired(rows, first: str, second: str, perturbed_only: bool, resamples: int, 
     return result
 
 
+def efficiency(rows, adapted: str, perturbed_only: bool, resamples: int, seed: int) -> dict[str, Any]:
+    """`adapted`'s transfer efficiency over matched episodes: each adapter training's episodes with those of its own
+    student and teacher (the same pretraining seed), the bootstrap as in `paired`. Episodes that raised are left out."""
+    adapted_rows = _rows_of(rows, adapted, perturbed_only)
+    trainings = sorted({r["training"] for r in adapted_rows})
+    student = _rows_of(rows, "student", perturbed_only, trainings)
+    teacher = _rows_of(rows, "teacher", perturbed_only, trainings)
+    common = {r["training"] for r in student} & {r["training"] for r in teacher}
+    together = [r for r in adapted_rows + student + teacher if r["training"] in common]
+    errored = {tuple(r[k] for k in KEY) for r in together if r.get("error")}
+
+    def kept(subset):
+        return [r for r in subset if r["training"] in common and tuple(r[k] for k in KEY) not in errored]
+
+    if not kept(adapted_rows):
+        return {"policy": adapted, "episodes": 0}
+    with_student = match_episodes(kept(adapted_rows), kept(student), KEY)
+    with_teacher = match_episodes(kept(adapted_rows), kept(teacher), KEY)
+    triples = [(key, a, s, t) for (key, a, s), (_, _, t) in zip(with_student, with_teacher)]
+    result = transfer_efficiency_interval(triples, cluster_levels=(0, (1, 2)), num_resamples=resamples, seed=seed)
+    return {"policy": adapted, **result, "trainings": sorted(common), "episodes_with_errors": len(errored)}
+
+
 def holm(p_values: dict[str, float]) -> dict[str, float]:
     """Holm-adjusted p-values (step-down, monotone)."""
     order = sorted(p_values, key=p_values.get)
@@ -157,6 +181,14 @@ def analyse(values: dict[str, Any], rows: list[dict[str, Any]], resamples: int |
     if None not in (teacher, student, ckt):
         primary["transfer_efficiency"] = transfer_efficiency(ckt, student, teacher)
     out: dict[str, Any] = {"rows": table, "primary": primary}
+    if "teacher" in table and "student" in table:
+        out["transfer_efficiency"] = {
+            policy: efficiency(rows, policy, perturbed_only, resamples, seed)
+            for policy in ("student+ckt", "student+lora")
+            if policy in table
+        }
+        if "student+ckt" in out["transfer_efficiency"]:
+            primary["transfer_efficiency_ci95"] = out["transfer_efficiency"]["student+ckt"].get("ci95")
     check = values.get("manipulation_check")
     if check:
         lead = None if None in (teacher, student) else 100 * (teacher - student)
@@ -191,4 +223,4 @@ def analyse(values: dict[str, Any], rows: list[dict[str, Any]], resamples: int |
     return out
 
 
-__all__ = ["analyse", "decide", "holm", "paired", "policy_id", "policy_rows", "split_id", "summarize"]
+__all__ = ["analyse", "decide", "efficiency", "holm", "paired", "policy_id", "policy_rows", "split_id", "summarize"]

@@ -620,8 +620,37 @@ def markdown(report: dict[str, Any]) -> str:
                 f"p = {primary['mcnemar_p']:.3g}; decision: **{primary['decision']}**.",
                 "",
             ]
+        for policy, te in result.get("transfer_efficiency", {}).items():
+            if te.get("episodes"):
+                interval = (
+                    "no interval"
+                    if te["ci95"] is None
+                    else f"95% bootstrap interval [{te['ci95'][0]:.2f}, {te['ci95'][1]:.2f}]"
+                )
+                estimate = (
+                    "undefined (the teacher does not lead)" if te["estimate"] is None else f"{te['estimate']:.2f}"
+                )
+                lines.append(
+                    f"- Transfer efficiency of {policy}: {estimate}, {interval}, over {te['episodes']} matched episodes"
+                )
+        if result.get("transfer_efficiency"):
+            lines.append("")
         if "manipulation_check" in result:
             lines += [f"Manipulation check: `{json.dumps(result['manipulation_check'])}`", ""]
+        kinds = sorted({k for row in result["rows"].values() for k in row["pooled"]["by_perturbation"]})
+        if kinds:
+            lines += ["Per perturbation kind (pooled over trainings):", ""]
+            lines += ["| policy | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+            for policy, row in result["rows"].items():
+                cells = row["pooled"]["by_perturbation"]
+                lines.append(
+                    f"| {policy} | "
+                    + " | ".join(
+                        f"{cells[k]['successes']}/{cells[k]['episodes']}" if k in cells else "" for k in kinds
+                    )
+                    + " |"
+                )
+            lines.append("")
         if result.get("official_liberoplus"):
             lines += ["Official LIBERO-Plus sample (untouched test, one episode per task and training):", ""]
             for policy, row in result["official_liberoplus"]["rows"].items():

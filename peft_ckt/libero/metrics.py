@@ -5,13 +5,14 @@ intervals, policies compared with Fisher's exact test, and paired comparisons of
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 __all__ = [
     "COMPARISONS",
+    "cluster_bootstrap_draws",
     "cluster_bootstrap_interval",
     "compare_policies",
     "compare_successes",
@@ -26,6 +27,7 @@ __all__ = [
     "success_cell",
     "success_rate",
     "transfer_efficiency",
+    "transfer_efficiency_interval",
     "wilson_interval",
 ]
 
@@ -202,28 +204,27 @@ def _cluster_id(key: tuple, level: int | tuple[int, ...]) -> tuple:
     return tuple(key[i] for i in level) if isinstance(level, tuple) else (key[level],)
 
 
-def cluster_bootstrap_interval(
-    pairs: list[tuple[tuple, bool, bool]],
+def cluster_bootstrap_draws(
+    keys: Sequence[tuple],
     cluster_levels: Sequence[int | tuple[int, ...]] = (0, (1, 2)),
     num_resamples: int = 10_000,
     seed: int = 0,
-) -> tuple[float, float]:
-    """95% percentile interval of the mean paired difference under a nested (hierarchical) bootstrap: at each level
-    the clusters inside the drawn parent are drawn again with replacement; the leaves are the episodes of a drawn
-    innermost cluster, kept whole."""
+) -> Iterator[list[int]]:
+    """Indices into `keys` for each of `num_resamples` nested (hierarchical) bootstrap draws: at each level the
+    clusters inside the drawn parent are drawn again with replacement; the leaves are the items of a drawn innermost
+    cluster, kept whole. `cluster_levels` names the key positions of each level, outermost first."""
     rng = np.random.default_rng(seed)
-    diffs = np.array([float(a) - float(b) for _, a, b in pairs])
 
-    # Tree: level-0 cluster -> level-1 cluster -> ... -> list of pair indices.
+    # Tree: level-0 cluster -> level-1 cluster -> ... -> list of indices.
     def build(indices: list[int], depth: int):
         if depth == len(cluster_levels):
             return indices
         groups: dict[tuple, list[int]] = {}
         for i in indices:
-            groups.setdefault(_cluster_id(pairs[i][0], cluster_levels[depth]), []).append(i)
+            groups.setdefault(_cluster_id(keys[i], cluster_levels[depth]), []).append(i)
         return [build(members, depth + 1) for _, members in sorted(groups.items(), key=lambda kv: str(kv[0]))]
 
-    tree = build(list(range(len(pairs))), 0)
+    tree = build(list(range(len(keys))), 0)
 
     def draw(node, depth: int) -> list[int]:
         if depth == len(cluster_levels):
@@ -231,9 +232,21 @@ def cluster_bootstrap_interval(
         picks = rng.integers(0, len(node), size=len(node))
         return [i for p in picks for i in draw(node[p], depth + 1)]
 
-    means = np.empty(num_resamples)
-    for r in range(num_resamples):
-        means[r] = diffs[draw(tree, 0)].mean()
+    for _ in range(num_resamples):
+        yield draw(tree, 0)
+
+
+def cluster_bootstrap_interval(
+    pairs: list[tuple[tuple, bool, bool]],
+    cluster_levels: Sequence[int | tuple[int, ...]] = (0, (1, 2)),
+    num_resamples: int = 10_000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """95% percentile interval of the mean paired difference under a nested bootstrap of the pairs' keys
+    (`cluster_bootstrap_draws`)."""
+    diffs = np.array([float(a) - float(b) for _, a, b in pairs])
+    draws = cluster_bootstrap_draws([p[0] for p in pairs], cluster_levels, num_resamples, seed)
+    means = np.array([diffs[indices].mean() for indices in draws])
     low, high = np.percentile(means, [2.5, 97.5])
     return float(low), float(high)
 
@@ -274,3 +287,37 @@ def transfer_efficiency(adapted: float, student: float, teacher: float) -> float
     """`(adapted - student) / (teacher - student)`: the share of the teacher's lead over the student an adapter
     recovers (None when the teacher does not lead)."""
     return None if teacher <= student else (adapted - student) / (teacher - student)
+
+
+def transfer_efficiency_interval(
+    triples: list[tuple[tuple, bool, bool, bool]],
+    cluster_levels: Sequence[int | tuple[int, ...]] = (0, (1, 2)),
+    num_resamples: int = 10_000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """`transfer_efficiency` over matched episodes `(key, adapted, student, teacher)`, with a 95% percentile interval
+    from the nested bootstrap of `paired_comparison`. A draw in which the teacher does not lead the student has no
+    efficiency: it is left out of the percentiles and counted (`undefined_draws`); the interval is None when more
+    than 2.5% of the draws are undefined, since percentiles of the rest would then hide the teacher's lack of lead."""
+    if not triples:
+        raise ValueError("no matched episodes")
+    outcomes = np.array([[float(a), float(s), float(t)] for _, a, s, t in triples])
+    adapted, student, teacher = outcomes.mean(axis=0)
+    values = []
+    for indices in cluster_bootstrap_draws([t[0] for t in triples], cluster_levels, num_resamples, seed):
+        a, s, t = outcomes[indices].mean(axis=0)
+        if t > s:
+            values.append((a - s) / (t - s))
+    undefined = num_resamples - len(values)
+    interval = None
+    if values and undefined <= 0.025 * num_resamples:
+        low, high = np.percentile(values, [2.5, 97.5])
+        interval = [round(float(low), 4), round(float(high), 4)]
+    estimate = transfer_efficiency(adapted, student, teacher)
+    return {
+        "episodes": len(triples),
+        "estimate": None if estimate is None else round(float(estimate), 4),
+        "ci95": interval,
+        "undefined_draws": undefined,
+        "bootstrap_resamples": num_resamples,
+    }
