@@ -47,7 +47,10 @@ def plot_success(report: dict[str, Any], path: Path) -> None:
     ax.set_xticks(np.arange(len(columns)), ["clean", *PERTURBATION_KINDS, "total (perturbed)"], rotation=20)
     ax.set_ylabel("success (%)")
     ax.set_ylim(0, 105)
-    n = report["policies"]["student"]["by_perturbation"]["none"]["episodes"]
+    # Pooled rows differ in size (an adapter has a row per training): name the range, not the student's count.
+    counts = sorted({cell["episodes"] for p in report["policies"].values() for cell in p["by_perturbation"].values()})
+    counts = [c for c in counts if c] or [0]
+    n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     ax.set_title(f"LIBERO {report['settings']['suite']}: success by perturbation ({n} episodes per cell, 95% Wilson)")
     ax.legend(ncols=4, fontsize=8, loc="upper right")
     fig.tight_layout()
