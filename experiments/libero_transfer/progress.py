@@ -32,8 +32,10 @@ DESCRIPTION_TEXT = """# A run in progress: the pre-registered experiment's finis
 Written by `make experiment-snapshot` (`python -m experiments.libero_transfer.experiment --snapshot DIR`) from the
 run's output folder, and committed, so that the run resumes on another machine: `make experiment` copies what this
 folder holds and its output lacks back in before it starts (`--restore DIR`; `experiments/libero_transfer/progress.py`).
-It holds no result to read: the report is `docs/results/experiment/` once the run is complete and published, and this
-folder is then removed. `timing.json` is the run's time ledger, one entry per session.
+Its `report.md` / `report.json` (once the first phase is done) are the run's report as of its last finished phase,
+as the run wrote it: `phases_done` names the phases, and rows of later phases are absent. The complete report is
+`docs/results/experiment/` once the run is finished and published, and this folder is then removed. `timing.json` is
+the run's time ledger, one entry per session.
 """
 
 
