@@ -132,10 +132,11 @@ def efficiency(rows, adapted: str, perturbed_only: bool, resamples: int, seed: i
     def kept(subset):
         return [r for r in subset if r["training"] in common and tuple(r[k] for k in KEY) not in errored]
 
-    if not kept(adapted_rows):
+    adapted_rows = kept(adapted_rows)
+    if not adapted_rows:
         return {"policy": adapted, "episodes": 0}
-    with_student = match_episodes(kept(adapted_rows), kept(student), KEY)
-    with_teacher = match_episodes(kept(adapted_rows), kept(teacher), KEY)
+    with_student = match_episodes(adapted_rows, kept(student), KEY)
+    with_teacher = match_episodes(adapted_rows, kept(teacher), KEY)
     triples = [(key, a, s, t) for (key, a, s), (_, _, t) in zip(with_student, with_teacher)]
     result = transfer_efficiency_interval(triples, cluster_levels=(0, (1, 2)), num_resamples=resamples, seed=seed)
     return {"policy": adapted, **result, "trainings": sorted(common), "episodes_with_errors": len(errored)}
