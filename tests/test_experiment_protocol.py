@@ -139,10 +139,75 @@ def test_the_report_markdown_gives_efficiency_and_the_per_kind_counts():
     for a in (0, 1, 2):
         rows += _rows("student+ckt", f"p0a{a}", [1] * 8) + _rows("student+lora", f"p0a{a}", [1, 0] * 4)
     result = {**analyse(values, rows, resamples=100), "exploratory": False}
+    result["inference_time"] = {
+        "ratio_to_student": {"student": 1.0, "student+ckt": 1.3},
+        "ratio_quartiles": {"student": [1.0, 1.0], "student+ckt": [1.25, 1.375]},
+        "rounds": 200,
+    }
     text = markdown({"exploratory": False, "phases_done": ["primary"], "questions": {"Q1": result}})
+    assert "median over 200 interleaved rounds" in text and "student+ckt 1.30x [1.25, 1.38]" in text
+    assert "- student+ckt vs student+lora, teacher's kinds: +100.0 points over 12 pairs" in text
     assert "Transfer efficiency of student+ckt: 1.00, 95% bootstrap interval [1.00, 1.00], over 12" in text
     assert "| policy | camera | none |" in text
     assert "| student+lora | 0/12 | 12/12 |" in text
+
+
+def test_the_primary_pair_is_compared_on_held_out_kinds_on_the_teachers_kinds_and_clean():
+    from experiments.libero_transfer.analysis import kind_groups
+
+    values = question_values("Q1")
+    assert kind_groups(values) == {
+        "held-out kinds": ["language", "layout"],
+        "teacher's kinds": ["camera", "robot", "light", "background", "noise"],
+        "clean": ["none"],
+    }
+    kinds = ("none", "camera", "language")  # 4 start states x 3 kinds per training
+    rows = _rows("teacher", "p0", [1] * 12, kinds) + _rows("student", "p0", [0] * 12, kinds)
+    for a in (0, 1, 2):
+        # CKT succeeds under "language" only; LoRA clean and under "camera" only.
+        rows += _rows("student+ckt", f"p0a{a}", [0, 0, 1] * 4, kinds)
+        rows += _rows("student+lora", f"p0a{a}", [1, 1, 0] * 4, kinds)
+    result = analyse(values, rows, resamples=100)
+    held_out = result["secondary"]["student+ckt vs student+lora, held-out kinds"]
+    taught = result["secondary"]["student+ckt vs student+lora, teacher's kinds"]
+    clean = result["secondary"]["student+ckt vs student+lora, clean"]
+    assert (held_out["episodes"], held_out["first_only"], held_out["second_only"]) == (12, 12, 0)
+    assert (taught["episodes"], taught["first_only"], taught["second_only"]) == (12, 0, 12)
+    assert (clean["episodes"], clean["first_only"], clean["second_only"]) == (12, 0, 12)
+    assert held_out["kinds"] == ["language", "layout"] and held_out["difference"] == 1.0
+    # Holm-corrected with the other secondaries (five comparisons here).
+    assert len([c for c in result["secondary"].values() if "holm_p" in c]) == 5
+    assert held_out["holm_p"] >= held_out["mcnemar_p"]
+    # The primary endpoint is unchanged by them: every perturbed episode, both kinds pooled.
+    assert result["primary"]["episodes"] == 24 and result["primary"]["difference"] == 0.0
+
+
+def test_the_official_sample_gets_the_registered_fisher_test_and_the_matched_mcnemar():
+    from scipy.stats import fisher_exact
+
+    from experiments.libero_transfer.analysis import official_comparisons
+
+    def official(policy, training, outcomes):
+        return [
+            {"policy_id": f"{policy}@{training}", "task": f"task-{i}", "dimension": "camera", "init_index": 0,
+             "success": bool(s)}
+            for i, s in enumerate(outcomes)
+        ]  # fmt: skip
+
+    rows = official("student", "p0", [0] * 6)
+    rows += official("student+ckt", "p0a0", [1, 1, 1, 0, 0, 0]) + official("student+ckt", "p0a1", [1, 1, 0, 0, 0, 0])
+    rows += official("student+lora", "p0a0", [0, 1, 0, 0, 0, 0]) + official("student+lora", "p0a1", [0, 0, 0, 1, 0, 0])
+    rows.append({**rows[-1], "task": "task-6", "success": None, "error": {"type": "RuntimeError"}})
+    result = official_comparisons(rows, resamples=100, seed=0)
+    assert set(result) == {"student+ckt vs student+lora", "student+ckt vs student", "student+lora vs student"}
+    ckt_lora = result["student+ckt vs student+lora"]
+    assert ckt_lora["fisher"]["p_value"] == pytest.approx(fisher_exact([[5, 7], [2, 10]]).pvalue)
+    assert ckt_lora["fisher"]["difference"] == pytest.approx(3 / 12)
+    matched = ckt_lora["paired"]
+    assert (matched["episodes"], matched["first_only"], matched["second_only"]) == (12, 4, 1)
+    assert matched["mcnemar_p"] == pytest.approx(binomtest(4, 5).pvalue)
+    # The student (one row per pretraining seed) pairs with each adapter training of its seed.
+    assert result["student+ckt vs student"]["paired"]["episodes"] == 12
 
 
 def test_holm_adjusts_step_down():
@@ -215,6 +280,11 @@ def test_a_toy_run_goes_through_every_stage_and_resumes_without_redoing_anything
     q1 = report["questions"]["Q1"]
     assert set(q1["rows"]) == {"teacher", "student", "student+ckt", "student+lora"}
     assert q1["primary"]["episodes"] == 2 and q1["primary"]["trainings"] == ["p0a0", "p0a1"]
+    timed = q1["inference_time"]  # interleaved rounds, each policy's ratio to the student with its quartiles
+    assert set(timed["ratio_to_student"]) == {"student", "student+ckt", "student+lora"} and timed["rounds"] == 200
+    assert timed["ratio_to_student"]["student"] == 1.0 and timed["ratio_quartiles"]["student"] == [1.0, 1.0]
+    low, high = timed["ratio_quartiles"]["student+ckt"]
+    assert 0 < low <= timed["ratio_to_student"]["student+ckt"] <= high
     assert len(q1["tuning"]["ckt"]["scores"]) == len(q1["tuning"]["lora"]["scores"]) == 2
     log = tmp_path / "rollouts" / "episodes.jsonl"
     played = log.read_text().count("\n")

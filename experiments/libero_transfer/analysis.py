@@ -8,6 +8,7 @@ every rate and of every pair it would be part of, and counted apart (`errors`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from peft_ckt.libero.metrics import (
@@ -76,13 +77,22 @@ def policy_rows(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _rows_of(rows, policy: str, perturbed_only: bool, trainings: list[str] | None = None) -> list[dict[str, Any]]:
+def _rows_of(
+    rows, policy: str, perturbed_only: bool, trainings: list[str] | None = None, kinds: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
     """A policy's rows with a `training` field; a pretrained model's rows (`@p0`) repeated for every adapter training
-    of that pretraining seed in `trainings`, so that an adapter pairs with its own student."""
+    of that pretraining seed in `trainings`, so that an adapter pairs with its own student. `kinds`: only the
+    episodes of these perturbation kinds ("none": clean), in place of `perturbed_only`."""
     out = []
     for row in rows:
         name, training = split_id(row["policy_id"])
-        if name != policy or (perturbed_only and row["perturbation"] == "none"):
+        if name != policy:
+            continue
+        if (
+            (row["perturbation"] not in kinds)
+            if kinds is not None
+            else (perturbed_only and row["perturbation"] == "none")
+        ):
             continue
         if trainings is not None and "a" not in training:
             out += [{**row, "training": t} for t in trainings if t.startswith(training + "a")]
@@ -91,11 +101,14 @@ def _rows_of(rows, policy: str, perturbed_only: bool, trainings: list[str] | Non
     return out
 
 
-def paired(rows, first: str, second: str, perturbed_only: bool, resamples: int, seed: int) -> dict[str, Any]:
-    """`first` against `second` over their matched episodes (trainings of `first` that `second` also has)."""
-    first_rows = _rows_of(rows, first, perturbed_only)
+def paired(
+    rows, first: str, second: str, perturbed_only: bool, resamples: int, seed: int, kinds: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """`first` against `second` over their matched episodes (trainings of `first` that `second` also has); `kinds`:
+    only those perturbation kinds' episodes."""
+    first_rows = _rows_of(rows, first, perturbed_only, kinds=kinds)
     trainings = sorted({r["training"] for r in first_rows})
-    second_rows = [r for r in _rows_of(rows, second, perturbed_only, trainings) if r["training"] in trainings]
+    second_rows = [r for r in _rows_of(rows, second, perturbed_only, trainings, kinds) if r["training"] in trainings]
     first_rows = [r for r in first_rows if r["training"] in {s["training"] for s in second_rows}]
     if not first_rows:
         return {"first": first, "second": second, "episodes": 0}
@@ -140,6 +153,43 @@ def efficiency(rows, adapted: str, perturbed_only: bool, resamples: int, seed: i
     triples = [(key, a, s, t) for (key, a, s), (_, _, t) in zip(with_student, with_teacher)]
     result = transfer_efficiency_interval(triples, cluster_levels=(0, (1, 2)), num_resamples=resamples, seed=seed)
     return {"policy": adapted, **result, "trainings": sorted(common), "episodes_with_errors": len(errored)}
+
+
+def official_comparisons(rows: list[dict[str, Any]], resamples: int, seed: int) -> dict[str, Any]:
+    """The official LIBERO-Plus sample (rows with `task` and `dimension`): CKT against LoRA and each adapter against
+    the student, by the registered Fisher's exact test on the counts pooled over trainings, and by exact McNemar over
+    the episodes matched on training and task with the bootstrap of `paired` (each training replays the same tasks,
+    which the pooled test counts as independent)."""
+    from peft_ckt.libero.metrics import compare_successes
+
+    played = [{**r, "task_id": r["task"], "perturbation": r["dimension"]} for r in rows]
+    names = {split_id(r["policy_id"])[0] for r in played}
+
+    def pooled(policy: str) -> dict[str, Any]:
+        mine = [r for r in played if split_id(r["policy_id"])[0] == policy and not r.get("error")]
+        return success_cell(sum(bool(r["success"]) for r in mine), len(mine))
+
+    out = {}
+    for first, second in (("student+ckt", "student+lora"), ("student+ckt", "student"), ("student+lora", "student")):
+        if first in names and second in names:
+            out[f"{first} vs {second}"] = {
+                "fisher": compare_successes(pooled(first), pooled(second)),
+                "paired": paired(played, first, second, False, resamples, seed),
+            }
+    return out
+
+
+def kind_groups(values: dict[str, Any]) -> dict[str, list[str]]:
+    """The test kinds the teacher never trained on (`held-out kinds`), those it did (`teacher's kinds`), and
+    `clean`; a group without a kind in the test set is left out."""
+    tested = [k for k in values["data"]["test"]["kinds"] if k != "none"]
+    taught = set(values["data"].get("teacher", {}).get("kinds", []))
+    groups = {
+        "held-out kinds": [k for k in tested if k not in taught],
+        "teacher's kinds": [k for k in tested if k in taught],
+        "clean": ["none"] if "none" in values["data"]["test"]["kinds"] else [],
+    }
+    return {label: kinds for label, kinds in groups.items() if kinds}
 
 
 def holm(p_values: dict[str, float]) -> dict[str, float]:
@@ -212,6 +262,14 @@ def analyse(values: dict[str, Any], rows: list[dict[str, Any]], resamples: int |
     for first, second in (("student+ckt", "student"), ("student+lora", "student")):
         if first in table and second in table:
             secondary[f"{first} vs {second}"] = paired(rows, first, second, perturbed_only, resamples, seed)
+    # The primary pair on the kinds the teacher never trained on, on the teacher's own kinds, and clean (registered
+    # secondaries: a teacher's robustness that transfers should show on its own kinds first).
+    if "student+ckt" in table and "student+lora" in table:
+        for label, kinds in kind_groups(values).items():
+            secondary[f"student+ckt vs student+lora, {label}"] = {
+                **paired(rows, "student+ckt", "student+lora", perturbed_only, resamples, seed, kinds),
+                "kinds": kinds,
+            }
     for control in table:
         if control not in ("teacher", "student", "student+ckt", "student+lora", "cnn"):
             secondary[f"{control} vs student+ckt"] = paired(
@@ -224,4 +282,16 @@ def analyse(values: dict[str, Any], rows: list[dict[str, Any]], resamples: int |
     return out
 
 
-__all__ = ["analyse", "decide", "efficiency", "holm", "paired", "policy_id", "policy_rows", "split_id", "summarize"]
+__all__ = [
+    "analyse",
+    "decide",
+    "efficiency",
+    "holm",
+    "kind_groups",
+    "official_comparisons",
+    "paired",
+    "policy_id",
+    "policy_rows",
+    "split_id",
+    "summarize",
+]

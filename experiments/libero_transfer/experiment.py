@@ -28,7 +28,7 @@ import torch
 from peft_ckt.atomic import staged_directory, write_json, write_text
 
 from . import protocol_stages as stages
-from .analysis import analyse, policy_id
+from .analysis import analyse, official_comparisons, policy_id
 from .ledger import TimeLedger
 from .plan import (
     INFERENCE_CONTROLS,
@@ -461,8 +461,8 @@ class Experiment:
         )
 
     def inference_time(self, question: str) -> dict[str, Any]:
-        """Median seconds per action chunk of the student, student+LoRA and student+CKT at the first training, and
-        the ratio to the student's."""
+        """Seconds per action chunk of the student, student+LoRA and student+CKT at the first training, and the ratio
+        to the student's (`protocol_stages.inference_seconds`)."""
         chosen = {}
         for name in ("student", "student+lora", "student+ckt"):
             ids = sorted(pid for pid in self.policies[question] if pid.split("@")[0] == name)
@@ -480,12 +480,7 @@ class Experiment:
             "observation.state": episode["state"][0],
             "task": episode["task"],
         }
-        seconds = stages.inference_seconds(chosen, observation)
-        self._inference[key] = {
-            "seconds_per_chunk": seconds,
-            "ratio_to_student": {name: value / seconds["student"] for name, value in seconds.items()},
-            "chunks": 50,
-        }
+        self._inference[key] = stages.inference_seconds(chosen, observation)
         return self._inference[key]
 
     def record_time(self) -> None:
@@ -522,9 +517,13 @@ class Experiment:
             }
             official = self.official_rows(question)
             if official:
+                interval = values["primary"]["interval"]
                 result["official_liberoplus"] = {
                     "tasks": self.official_tasks,
                     "rows": official_table(official),
+                    "comparisons": official_comparisons(
+                        official, resamples or interval["resamples"], interval["seed"]
+                    ),
                 }
             result["inference_time"] = self.inference_time(question)
             result["policies"] = self.policies[question]
@@ -655,12 +654,26 @@ def markdown(report: dict[str, Any]) -> str:
             lines += ["Official LIBERO-Plus sample (untouched test, one episode per task and training):", ""]
             for policy, row in result["official_liberoplus"]["rows"].items():
                 lines.append(f"- {policy}: {row['all']['successes']}/{row['all']['episodes']}")
+            for name, comparison in result["official_liberoplus"].get("comparisons", {}).items():
+                fisher, matched = comparison["fisher"], comparison["paired"]
+                if fisher["p_value"] is None or not matched.get("episodes"):
+                    continue
+                lines.append(
+                    f"- {name}: {100 * fisher['difference']:+.1f} points, Fisher's exact p = {fisher['p_value']:.3g} "
+                    f"(registered); matched on training and task, exact McNemar p = {matched['mcnemar_p']:.3g} "
+                    f"({matched['first_only']} vs {matched['second_only']} discordant of {matched['episodes']})"
+                )
             lines.append("")
         if result.get("inference_time"):
-            ratios = result["inference_time"]["ratio_to_student"]
+            timed = result["inference_time"]
+            quartiles = timed.get("ratio_quartiles", {})
             lines += [
-                "Inference time per action chunk, ratio to the student: "
-                + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()),
+                f"Inference time per action chunk, ratio to the student (median over {timed['rounds']} interleaved "
+                "rounds, quartiles in brackets): "
+                + ", ".join(
+                    f"{k} {v:.2f}x" + (f" [{quartiles[k][0]:.2f}, {quartiles[k][1]:.2f}]" if k in quartiles else "")
+                    for k, v in timed["ratio_to_student"].items()
+                ),
                 "",
             ]
         for name, comparison in result.get("secondary", {}).items():

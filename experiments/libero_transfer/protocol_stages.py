@@ -596,31 +596,43 @@ def _official_row(job) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def inference_seconds(policies: dict[str, str], observation: dict[str, Any], chunks: int = 50) -> dict[str, float]:
-    """Median seconds per predicted action chunk of each policy (`{name: folder}`), one thread, on one observation:
-    for CKT, the teacher to its layer and the bank once per chunk, then the student's denoising steps."""
+def inference_seconds(policies: dict[str, str], observation: dict[str, Any], rounds: int = 200) -> dict[str, Any]:
+    """Seconds per predicted action chunk of each policy (`{name: folder}`, the first the reference), one thread, on
+    one observation: for CKT, the teacher to its layer and the bank once per chunk, then the student's denoising steps.
+
+    The policies take turns, one chunk each per round, so that a slower spell of the machine falls on all of them
+    alike (timed one policy after the other, 50 chunks each, two reports of the same folders gave CKT 1.30x and
+    1.44x). Returns each policy's median seconds, and the median and quartiles of its per-round ratio to the first."""
     import statistics
     import time
+
+    import numpy as np
 
     from peft_ckt.libero.policies import load_policy
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        out = {}
-        for name, spec in policies.items():
-            policy = load_policy(spec)
+        loaded = {name: load_policy(spec) for name, spec in policies.items()}
+        for policy in loaded.values():
             policy.reset()
             policy.predict_action_chunk(observation)  # warm-up
-            times = []
-            for _ in range(chunks):
+        times: dict[str, list[float]] = {name: [] for name in loaded}
+        for _ in range(rounds):
+            for name, policy in loaded.items():
                 start = time.perf_counter()
                 policy.predict_action_chunk(observation)
-                times.append(time.perf_counter() - start)
-            out[name] = statistics.median(times)
-        return out
+                times[name].append(time.perf_counter() - start)
     finally:
         torch.set_num_threads(threads)
+    reference = np.asarray(times[next(iter(times))])
+    ratios = {name: np.asarray(t) / reference for name, t in times.items()}
+    return {
+        "seconds_per_chunk": {name: statistics.median(t) for name, t in times.items()},
+        "ratio_to_student": {name: float(np.median(r)) for name, r in ratios.items()},
+        "ratio_quartiles": {name: [float(q) for q in np.quantile(r, [0.25, 0.75])] for name, r in ratios.items()},
+        "rounds": rounds,
+    }
 
 
 def _episode_row(job) -> dict[str, Any]:
