@@ -271,7 +271,7 @@ def test_a_toy_run_goes_through_every_stage_and_resumes_without_redoing_anything
     """Q1 at toy counts in LIBERO: collection, pretraining, the equal tuning, both adapters at two adapter seeds, the
     rollouts and the report; a second run reuses every cached stage and plays no episode again."""
     pytest.importorskip("libero")
-    from experiments.libero_transfer.experiment import TINY, run_experiment
+    from experiments.libero_transfer.experiment import PHASES, TINY, run_experiment
 
     overrides = json.loads(json.dumps(TINY))
     overrides["data"]["test"]["kinds"] = ["camera"]
@@ -315,6 +315,8 @@ def test_a_toy_run_goes_through_every_stage_and_resumes_without_redoing_anything
     assert again["timing_all_sessions"]["sessions"] == 2  # both invocations, in timing.json
     assert (tmp_path / "published" / "rollouts" / "episodes.jsonl").read_text() == log.read_text()
 
+    log_before_later = log.read_text()
+
     # The demo's path: the run's teacher, published and loaded into a new run, stands in for pretraining it (its
     # demonstrations are not collected); the same seeds then give the same adapters and the same episodes.
     from experiments.libero_transfer.experiment import publish_teacher, publish_tuning
@@ -348,6 +350,27 @@ def test_a_toy_run_goes_through_every_stage_and_resumes_without_redoing_anything
     other["models"]["teacher"]["steps"] += 1
     _, why = committed_teacher(question_values("Q1", other), shipped)
     assert "other settings" in why
+
+    # The later phases on the same folder, at toy counts (a trained and an inference-only control, one CNN seed, one
+    # official task): the primary stages are reused, every row reaches the report with its comparisons.
+    later = json.loads(json.dumps(overrides))
+    later["controls"] = ["kv_only", "ckt_zero_features"]
+    later["official_liberoplus"] = {"sample": 1}
+    full = run_experiment(["Q1"], tmp_path, list(PHASES), exploratory=True, overrides=later, progress=False)
+    assert log.read_text().startswith(log_before_later)  # the primary episodes are not played again
+    q1_full = full["questions"]["Q1"]
+    assert full["phases_done"] == list(PHASES) and q1_full["primary"] == q1["primary"]
+    assert {"kv_only", "ckt_zero_features", "cnn"} <= set(q1_full["rows"])
+    assert q1_full["secondary"]["ckt_zero_features vs student+ckt"]["episodes"] == 2
+    official = q1_full["official_liberoplus"]
+    assert len(official["tasks"]) == 1 and set(official["rows"]) == {
+        "teacher",
+        "student",
+        "student+ckt",
+        "student+lora",
+    }
+    assert official["comparisons"]["student+ckt vs student+lora"]["paired"]["episodes"] == 2
+    assert "Official LIBERO-Plus sample" in (tmp_path / "report.md").read_text()
 
 
 def test_the_committed_teacher_is_the_registered_one_and_is_checked(tmp_path):

@@ -146,6 +146,6 @@ def train_cnn_policy(
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     policy.eval()
     return policy, losses
