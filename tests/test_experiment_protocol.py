@@ -305,6 +305,7 @@ def test_a_toy_run_goes_through_every_stage_and_resumes_without_redoing_anything
     assert resumed["questions"]["Q1"]["primary"] == q1["primary"]
     assert resumed["timing_all_sessions"]["sessions"] == 3  # the ledger came along
     assert (tmp_path / "report.md").read_text().startswith("# Pre-registered LIBERO transfer experiment")
+    assert not (tmp_path / "controls_Q1.png").exists()  # no control row yet
     # Publishing copies the report, the plot and the episode log; an exploratory run only when asked for.
     from experiments.libero_transfer.experiment import publish
 
@@ -371,6 +372,7 @@ def test_a_toy_run_goes_through_every_stage_and_resumes_without_redoing_anything
     }
     assert official["comparisons"]["student+ckt vs student+lora"]["paired"]["episodes"] == 2
     assert "Official LIBERO-Plus sample" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "controls_Q1.png").stat().st_size > 0  # drawn once a control row exists
 
 
 def test_the_committed_teacher_is_the_registered_one_and_is_checked(tmp_path):

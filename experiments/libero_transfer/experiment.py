@@ -529,8 +529,11 @@ class Experiment:
             result["policies"] = self.policies[question]
             result["exploratory"] = statuses[question]["exploratory"]
             report["questions"][question] = result
+        from .report import plot_rows
+
         for question, result in report["questions"].items():
             plot_question(result, values["suite"], self.output / f"success_{question}.png")
+            plot_rows(result, question, PRIMARY_ROWS, self.output / f"controls_{question}.png")
         # Seconds of this invocation (a resumed run counts only what it did itself).
         report["timing"] = {k: round(v, 1) for k, v in self.timing.items()}
         if self.ledger is not None:  # and what every session on this output took, killed ones included
@@ -540,8 +543,12 @@ class Experiment:
         return report
 
 
+PRIMARY_ROWS = ("teacher", "student", "student+ckt", "student+lora", "cnn")
+
+
 def plot_question(result: dict[str, Any], suite: str, path: Path) -> None:
-    """Success by perturbation of every row of a question, pooled over its trainings, with 95% Wilson intervals."""
+    """Success by perturbation of the primary rows (and the CNN reference) of a question, pooled over trainings, with
+    95% Wilson intervals; the controls have their own plot (`report.plot_rows`)."""
     from peft_ckt.libero.metrics import success_cell
 
     from .report import plot_success
@@ -550,6 +557,8 @@ def plot_question(result: dict[str, Any], suite: str, path: Path) -> None:
     empty = success_cell(0, 0)
     policies = {}
     for name, row in result["rows"].items():
+        if name not in PRIMARY_ROWS:
+            continue
         pooled = row["pooled"]
         kinds = {k: pooled["by_perturbation"].get(k, empty) for k in ["none", *PERTURBATION_KINDS]}
         policies[name] = {"by_perturbation": kinds, "perturbed": pooled["perturbed"]}
@@ -756,8 +765,8 @@ def run_experiment(
     return report
 
 
-PUBLISHED = ("report.json", "report.md", "success_Q1.png", "success_Q2.png", "timing.json", "rollouts/episodes.jsonl",
-             "official/episodes.jsonl")  # fmt: skip
+PUBLISHED = ("report.json", "report.md", "success_Q1.png", "success_Q2.png", "controls_Q1.png", "controls_Q2.png",
+             "timing.json", "rollouts/episodes.jsonl", "official/episodes.jsonl")  # fmt: skip
 
 
 def publish(output: Path, target: Path = COMMITTED_REPORT.parent, allow_exploratory: bool = False) -> list[str]:

@@ -30,9 +30,10 @@ def plot_success(report: dict[str, Any], path: Path) -> None:
     for i, name in enumerate(names):
         row = report["policies"][name]
         cells = [row["by_perturbation"][c] for c in columns[:-1]] + [row["perturbed"]]
-        values = [100 * (c["success_rate"] or 0) for c in cells]
-        low = [v - 100 * c["ci95"][0] for v, c in zip(values, cells)]
-        high = [100 * c["ci95"][1] - v for v, c in zip(values, cells)]
+        # A kind this row was not played on gets no bar (not a 0% bar with a 0-100% interval).
+        values = [100 * c["success_rate"] if c["episodes"] else np.nan for c in cells]
+        low = [v - 100 * c["ci95"][0] if c["episodes"] else 0 for v, c in zip(values, cells)]
+        high = [100 * c["ci95"][1] - v if c["episodes"] else 0 for v, c in zip(values, cells)]
         x = np.arange(len(columns)) + (i - (len(names) - 1) / 2) * width
         ax.bar(
             x,
@@ -107,6 +108,41 @@ def plot_experts(counts: list[int], heldout_counts: Optional[list[int]], path: P
     ax.legend()
     fig.tight_layout()
     _save_figure(fig, path)
+
+
+def plot_rows(result: dict[str, Any], question: str, primary: tuple[str, ...], path: Path) -> bool:
+    """Every row of a question (`analysis.analyse`'s `rows`), perturbed and clean, pooled over its trainings, with 95%
+    Wilson intervals: how student+CKT fares beside its controls (zeroed or wrong teacher context, the ablations).
+    Nothing is drawn (False) while every row is one of `primary`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result["rows"])
+    if all(name in primary for name in names):
+        return False
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(names) + 1.2))
+    y = np.arange(len(names))[::-1]
+    for offset, split, colour in ((0.2, "perturbed", "#4C72B0"), (-0.2, "clean", "#BBBBBB")):
+        cells = [result["rows"][name]["pooled"][split] for name in names]
+        values = np.array([100 * (c["success_rate"] or 0) for c in cells])
+        low = values - [100 * c["ci95"][0] for c in cells]
+        high = [100 * c["ci95"][1] for c in cells] - values
+        ax.barh(y + offset, values, 0.4, xerr=[low, high], color=colour, label=split, capsize=2,
+                error_kw={"elinewidth": 0.8, "alpha": 0.6})  # fmt: skip
+    labels = [f"{name} ({result['rows'][name]['num_trainings']})" for name in names]
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("success (%), pooled over trainings (their number in brackets)")
+    ckt = result["rows"].get("student+ckt", {}).get("pooled", {}).get("perturbed", {}).get("success_rate")
+    if ckt is not None:
+        ax.axvline(100 * ckt, color="#4C72B0", linestyle=":", linewidth=1, label="student+ckt, perturbed")
+    ax.set_title(f"{question}: every row, perturbed and clean (95% Wilson)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    fig.tight_layout()
+    _save_figure(fig, path)
+    return True
 
 
 def _save_figure(fig, path: Path) -> None:
@@ -235,4 +271,4 @@ def markdown_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["markdown_report", "plot_experts", "plot_success", "plot_training", "record_gif"]
+__all__ = ["markdown_report", "plot_experts", "plot_rows", "plot_success", "plot_training", "record_gif"]
