@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from peft_ckt.libero.metrics import (
+    compare_successes,
     match_episodes,
     paired_comparison,
     paired_minimum_detectable_difference,
@@ -86,13 +87,11 @@ def _rows_of(
     out = []
     for row in rows:
         name, training = split_id(row["policy_id"])
-        if name != policy:
-            continue
-        if (
-            (row["perturbation"] not in kinds)
-            if kinds is not None
-            else (perturbed_only and row["perturbation"] == "none")
-        ):
+        if kinds is not None:
+            wanted = row["perturbation"] in kinds
+        else:
+            wanted = not (perturbed_only and row["perturbation"] == "none")
+        if name != policy or not wanted:
             continue
         if trainings is not None and "a" not in training:
             out += [{**row, "training": t} for t in trainings if t.startswith(training + "a")]
@@ -160,8 +159,6 @@ def official_comparisons(rows: list[dict[str, Any]], resamples: int, seed: int) 
     the student, by the registered Fisher's exact test on the counts pooled over trainings, and by exact McNemar over
     the episodes matched on training and task with the bootstrap of `paired` (each training replays the same tasks,
     which the pooled test counts as independent)."""
-    from peft_ckt.libero.metrics import compare_successes
-
     played = [{**r, "task_id": r["task"], "perturbation": r["dimension"]} for r in rows]
     names = {split_id(r["policy_id"])[0] for r in played}
 
