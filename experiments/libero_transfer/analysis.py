@@ -22,6 +22,8 @@ from peft_ckt.libero.metrics import (
 )
 
 KEY = ("training", "task_id", "init_index", "perturbation")
+# The rows that are not controls: the primary comparison's policies and the CNN reference.
+PRIMARY_ROWS = ("teacher", "student", "student+ckt", "student+lora", "cnn")
 
 
 def policy_id(policy: str, pretrain_seed: int | None = None, adapter_seed: int | None = None, cnn: int | None = None):
@@ -268,7 +270,7 @@ def analyse(values: dict[str, Any], rows: list[dict[str, Any]], resamples: int |
                 "kinds": kinds,
             }
     for control in table:
-        if control not in ("teacher", "student", "student+ckt", "student+lora", "cnn"):
+        if control not in PRIMARY_ROWS:
             secondary[f"{control} vs student+ckt"] = paired(
                 rows, control, "student+ckt", perturbed_only, resamples, seed
             )
@@ -280,6 +282,7 @@ def analyse(values: dict[str, Any], rows: list[dict[str, Any]], resamples: int |
 
 
 __all__ = [
+    "PRIMARY_ROWS",
     "analyse",
     "decide",
     "efficiency",

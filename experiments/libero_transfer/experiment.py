@@ -28,7 +28,7 @@ import torch
 from peft_ckt.atomic import staged_directory, write_json, write_text
 
 from . import protocol_stages as stages
-from .analysis import analyse, official_comparisons, policy_id
+from .analysis import PRIMARY_ROWS, analyse, official_comparisons, policy_id
 from .ledger import TimeLedger
 from .plan import (
     INFERENCE_CONTROLS,
@@ -541,9 +541,6 @@ class Experiment:
         write_json(self.output / "report.json", report)
         write_text(self.output / "report.md", markdown(report))
         return report
-
-
-PRIMARY_ROWS = ("teacher", "student", "student+ckt", "student+lora", "cnn")
 
 
 def plot_question(result: dict[str, Any], suite: str, path: Path) -> None:

@@ -30,10 +30,7 @@ def plot_success(report: dict[str, Any], path: Path) -> None:
     for i, name in enumerate(names):
         row = report["policies"][name]
         cells = [row["by_perturbation"][c] for c in columns[:-1]] + [row["perturbed"]]
-        # A kind this row was not played on gets no bar (not a 0% bar with a 0-100% interval).
-        values = [100 * c["success_rate"] if c["episodes"] else np.nan for c in cells]
-        low = [v - 100 * c["ci95"][0] if c["episodes"] else 0 for v, c in zip(values, cells)]
-        high = [100 * c["ci95"][1] - v if c["episodes"] else 0 for v, c in zip(values, cells)]
+        values, low, high = _bars(cells)
         x = np.arange(len(columns)) + (i - (len(names) - 1) / 2) * width
         ax.bar(
             x,
@@ -126,9 +123,7 @@ def plot_rows(result: dict[str, Any], question: str, primary: tuple[str, ...], p
     y = np.arange(len(names))[::-1]
     for offset, split, colour in ((0.2, "perturbed", "#4C72B0"), (-0.2, "clean", "#BBBBBB")):
         cells = [result["rows"][name]["pooled"][split] for name in names]
-        values = np.array([100 * (c["success_rate"] or 0) for c in cells])
-        low = values - [100 * c["ci95"][0] for c in cells]
-        high = [100 * c["ci95"][1] for c in cells] - values
+        values, low, high = _bars(cells)
         ax.barh(y + offset, values, 0.4, xerr=[low, high], color=colour, label=split, capsize=2,
                 error_kw={"elinewidth": 0.8, "alpha": 0.6})  # fmt: skip
     labels = [f"{name} ({result['rows'][name]['num_trainings']})" for name in names]
@@ -143,6 +138,15 @@ def plot_rows(result: dict[str, Any], question: str, primary: tuple[str, ...], p
     fig.tight_layout()
     _save_figure(fig, path)
     return True
+
+
+def _bars(cells: list[dict[str, Any]]) -> tuple[list[float], list[float], list[float]]:
+    """Success cells as bar heights in percent and the distances to their Wilson bounds; a cell with no episode gets
+    no bar (not a 0% bar with a 0-100% interval)."""
+    values = [100 * c["success_rate"] if c["episodes"] else np.nan for c in cells]
+    low = [v - 100 * c["ci95"][0] if c["episodes"] else 0 for v, c in zip(values, cells)]
+    high = [100 * c["ci95"][1] - v if c["episodes"] else 0 for v, c in zip(values, cells)]
+    return values, low, high
 
 
 def _save_figure(fig, path: Path) -> None:
