@@ -27,15 +27,16 @@ logger = logging.getLogger(__name__)
 UNFINISHED = (".partial", ".ckpt", ".tmp-", ".old-")
 # The snapshot's own description, written by `snapshot` and never restored.
 DESCRIPTION = "README.md"
-DESCRIPTION_TEXT = """# A run in progress: the pre-registered experiment's finished work so far
+DESCRIPTION_TEXT = """# The pre-registered experiment's finished work
 
 Written by `make experiment-snapshot` (`python -m experiments.libero_transfer.experiment --snapshot DIR`) from the
-run's output folder, and committed, so that the run resumes on another machine: `make experiment` copies what this
-folder holds and its output lacks back in before it starts (`--restore DIR`; `experiments/libero_transfer/progress.py`).
-Its `report.md` / `report.json` (once the first phase is done) are the run's report as of its last finished phase,
-as the run wrote it: `phases_done` names the phases, and rows of later phases are absent. The complete report is
-`docs/results/experiment/` once the run is finished and published, and this folder is then removed. `timing.json` is
-the run's time ledger, one entry per session.
+run's output folder, and committed: the demonstration sets, models, adapters, tuning records, episode logs and time
+ledger the run has finished. `make experiment` copies what this folder holds and its output lacks back in before it
+starts (`--restore DIR`; `experiments/libero_transfer/progress.py`), so a run resumes on another machine, and a
+finished one is re-derived on a fresh clone without training or playing anything again (only the inference time is
+measured anew). Its `report.md` / `report.json` are the run's report as of its last finished phase, as the run wrote
+it: `phases_done` names the phases, and rows of later phases are absent. The published report of the finished run is
+`docs/results/experiment/`. `timing.json` is the run's time ledger, one entry per session.
 """
 
 
