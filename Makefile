@@ -34,7 +34,7 @@ test: install
 demo: install
 	$(PY) -m experiments.libero_transfer.experiment --demo $(if $(QUICK),--quick) $(if $(PRETRAIN_TEACHER),--pretrain-teacher)
 
-# The pre-registered experiment (docs/protocol.md): about 10 h on 2 CPU cores, cached and resumable; rerun to resume.
+# The pre-registered experiment (docs/protocol.md): 10.6 h on 2 CPU cores as measured, cached and resumable; rerun to resume.
 # It first takes back what the committed snapshot holds (a run moved to another machine resumes there);
 # `make experiment-snapshot` copies its finished work into that snapshot, to commit.
 EXPERIMENT_OUTPUT ?= outputs/experiment
